@@ -117,3 +117,44 @@ class Study4D:
     @property
     def derived(self) -> tuple[SeriesInfo, ...]:
         return self.index.derived
+
+
+def series_summary(series: SeriesInfo) -> dict:
+    """A JSON-ready description of one volume (hashed UIDs, no patient data)."""
+    z = series.geometry.slice_positions[:, 2]
+    return {
+        "label": series.label,
+        "kind": series.kind.value,
+        "percent": series.percent,
+        "phase_source": series.phase_source,
+        "series_number": series.series_number,
+        "description": series.description,
+        "series_uid_hash": series.uid_hash,
+        "slices": series.geometry.shape[0],
+        "z_range_mm": [round(float(z.min()), 3), round(float(z.max()), 3)],
+    }
+
+
+def index_summary(index: StudyIndex) -> dict:
+    """A JSON-ready description of a study: phases, projections, reference, geometry, warnings (no patient data)."""
+    geometry = index.reference.geometry
+    return {
+        "study_uid_hash": index.study_hash,
+        "study_date": index.attributes.study_date,
+        "study_description": index.attributes.study_description,
+        "is_4d": index.is_4d,
+        "phases": [series_summary(p) for p in index.phases],
+        "derived": [series_summary(d) for d in index.derived],
+        "reference": series_summary(index.reference),
+        "geometry": {
+            "shape_zyx": list(geometry.shape),
+            "spacing_mm_zyx": [round(s, 6) for s in geometry.spacing_mm],
+            "orientation": [round(v, 6) for v in geometry.orientation],
+            "origin_mm": [round(float(v), 4) for v in geometry.affine[:3, 3]],
+            "affine": geometry.affine.round(6).tolist(),
+            "frame_of_reference_uid_hash": short_hash(geometry.frame_of_reference_uid),
+        },
+        "warnings": list(index.warnings),
+        "files": {"total": index.scan.files, "ct_instances": index.scan.ct_instances,
+                  "skipped": {reason.value: n for reason, n in index.scan.skipped.items()}},
+    }
