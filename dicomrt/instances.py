@@ -113,6 +113,9 @@ def read_header(path: Path) -> InstanceHeader | Skip:
 
 def _header(path: Path, ds: pydicom.Dataset) -> InstanceHeader | Skip:
     meta = getattr(ds, "file_meta", None)
+    if "SOPClassUID" not in ds and "Modality" not in ds:
+        # nothing identifies the object: a header cut short (the file meta may still name an image class)
+        return Skip.UNREADABLE if str(getattr(meta, "MediaStorageSOPClassUID", "")) in CT_SOP_CLASSES else Skip.NOT_CT
     sop_class = str(ds.get("SOPClassUID", "") or "")
     modality = str(ds.get("Modality", "") or "")
     if sop_class not in CT_SOP_CLASSES and not (sop_class == "" and modality == "CT"):
