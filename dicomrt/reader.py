@@ -141,11 +141,11 @@ def load_volume(series: SeriesInfo) -> np.ndarray:
             raise ImplausiblePixelDataError(f"{_describe(series)}: slice {k} decodes to {raw.shape}, its header "
                                             f"declares {volume.shape[1:]}")
         if exact:
-            hu = raw.astype(np.int32) + int(header.rescale_intercept)
-            if hu.size and (hu.min() < -32768 or hu.max() > 32767):
+            low, high = int(raw.min()) + int(header.rescale_intercept), int(raw.max()) + int(header.rescale_intercept)
+            if low < -32768 or high > 32767:
                 raise ImplausiblePixelDataError(f"{_describe(series)}: slice {k} has HU values outside the int16 "
-                                                f"range ({hu.min()} to {hu.max()})")
-            volume[k] = hu
+                                                f"range ({low} to {high})")
+            np.add(raw, np.int32(header.rescale_intercept), out=volume[k], casting="unsafe")
         else:
             volume[k] = raw * np.float32(header.rescale_slope) + np.float32(header.rescale_intercept)
     return volume
