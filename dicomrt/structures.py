@@ -1,0 +1,230 @@
+"""What to contour: ``StructureSpec`` (one structure), site templates (lists of them) and their fixed colours.
+
+A template is a list of specs; the order of a template is the order of ROIs (and so the ROI numbers) in every object
+we write. Colours come from a fixed table (``COLOURS`` by TG-263 name, then ``PALETTE`` by position), never from
+``hash()`` or a random generator, so a structure has the same colour in every job and every process.
+
+Templates load from YAML or JSON (``load_template``)::
+
+    structures:
+      - name: GTV
+        prompts: [lung tumour]
+        type: GTV          # RTROIInterpretedType
+        itv: true
+        colour: [255, 0, 0]  # optional: else from the fixed table
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dicomrt.rt_errors import TemplateError
+
+# Eclipse truncates or refuses ROI names over 16 characters; TG-263 names fit within it.
+MAX_NAME_LENGTH = 16
+# Per-phase contours of an ITV structure are named ``<name>_T<percent>`` (e.g. GTV_T00): their base name must leave
+# room for the suffix of a two-digit phase percent.
+MAX_ITV_BASE_LENGTH = MAX_NAME_LENGTH - len("_T00")
+# TG-263 names: letters, digits and underscores (plus ~ for partial structures), starting with a letter.
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_~^\-]*$")
+
+
+class RoiType(StrEnum):
+    """RTROIInterpretedType (DICOM PS3.3 C.8.8.8), the defined terms a planning system understands."""
+
+    EXTERNAL = "EXTERNAL"
+    PTV = "PTV"
+    CTV = "CTV"
+    GTV = "GTV"
+    TREATED_VOLUME = "TREATED_VOLUME"
+    IRRAD_VOLUME = "IRRAD_VOLUME"
+    BOLUS = "BOLUS"
+    AVOIDANCE = "AVOIDANCE"
+    ORGAN = "ORGAN"
+    MARKER = "MARKER"
+    REGISTRATION = "REGISTRATION"
+    ISOCENTER = "ISOCENTER"
+    CONTRAST_AGENT = "CONTRAST_AGENT"
+    CAVITY = "CAVITY"
+    SUPPORT = "SUPPORT"
+    FIXATION = "FIXATION"
+    DOSE_REGION = "DOSE_REGION"
+    CONTROL = "CONTROL"
+
+
+# Fixed colours (RGB 0-255) of the structures we name; others take PALETTE[position in template % len].
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "GTV": (255, 0, 0),
+    "ITV": (255, 128, 0),
+    "CTV": (255, 255, 0),
+    "PTV": (0, 255, 255),
+    "Lung_L": (0, 128, 255),
+    "Lung_R": (0, 200, 120),
+    "Lungs": (0, 160, 200),
+    "Heart": (255, 0, 255),
+    "Esophagus": (160, 82, 45),
+    "SpinalCord": (255, 255, 128),
+    "External": (0, 255, 0),
+    "Liver": (150, 75, 0),
+    "Spleen": (128, 0, 128),
+    "Stomach": (255, 160, 122),
+    "A_Aorta": (220, 20, 60),
+}
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+    (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255), (170, 110, 40),
+    (255, 250, 200), (128, 0, 0), (170, 255, 195),
+)
+# Colours of the per-phase contours of a target in the reference RTSTRUCT: phase k of n takes PHASE_PALETTE[k % len].
+PHASE_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (255, 0, 0), (255, 64, 0), (255, 128, 0), (255, 192, 0), (255, 255, 0), (192, 255, 0), (128, 255, 0),
+    (0, 255, 128), (0, 192, 255), (128, 64, 255),
+)
+
+
+def default_colour(name: str, position: int) -> tuple[int, int, int]:
+    """The fixed colour of ``name``: from ``COLOURS`` when named there, else ``PALETTE[position % len(PALETTE)]``."""
+    return COLOURS.get(name, PALETTE[position % len(PALETTE)])
+
+
+@dataclass(frozen=True)
+class StructureSpec:
+    """One structure to contour.
+
+    ``name``: TG-263 name, at most 16 characters (at most 12 when ``itv`` is set, leaving room for ``_T00``).
+    ``prompts``: the text prompts given to the model (at least one). ``colour``: RGB, each 0-255.
+    ``interpreted_type``: RTROIInterpretedType (a ``RoiType`` or its string). ``itv``: whether the union over phases
+    (its internal target volume, or an organ's motion envelope) is written to the reference RTSTRUCT.
+    """
+
+    name: str
+    prompts: tuple[str, ...]
+    colour: tuple[int, int, int]
+    interpreted_type: RoiType
+    itv: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise TemplateError(f"name must be a TG-263 name (a letter, then letters, digits or _), got "
+                                f"{self.name!r}")
+        limit = MAX_ITV_BASE_LENGTH if self.itv else MAX_NAME_LENGTH
+        if len(self.name) > limit:
+            why = " for a structure with an ITV (room for _T00)" if self.itv else ""
+            raise TemplateError(f"name must be at most {limit} characters{why}, got {self.name!r} ({len(self.name)})")
+        prompts = (self.prompts,) if isinstance(self.prompts, str) else tuple(self.prompts)
+        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise TemplateError(f"{self.name}: prompts must be one or more non-empty strings, got {self.prompts!r}")
+        object.__setattr__(self, "prompts", prompts)
+        colour = tuple(self.colour)
+        if len(colour) != 3 or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255
+                                       for c in colour):
+            raise TemplateError(f"{self.name}: colour must be three integers 0-255 (RGB), got {self.colour!r}")
+        object.__setattr__(self, "colour", colour)
+        try:
+            object.__setattr__(self, "interpreted_type", RoiType(str(self.interpreted_type).upper()))
+        except ValueError:
+            raise TemplateError(f"{self.name}: interpreted_type must be one of {[t.value for t in RoiType]}, got "
+                                f"{self.interpreted_type!r}") from None
+        if not isinstance(self.itv, bool):
+            raise TemplateError(f"{self.name}: itv must be true or false, got {self.itv!r}")
+
+    @property
+    def itv_name(self) -> str:
+        """The name of this structure's union over phases: ITV for a GTV (ITV_x for GTV_x), else ``<name>_ITV``."""
+        if self.name == "GTV" or self.name.startswith("GTV_"):
+            return "ITV" + self.name[3:]
+        return f"{self.name}_ITV"
+
+    def phase_name(self, percent: float | None) -> str:
+        """The name of this structure's contour of one phase in the reference RTSTRUCT: ``GTV_T00`` … ``GTV_T90``."""
+        if percent is None:
+            return self.name
+        return f"{self.name}_T{percent:02.0f}" if float(percent).is_integer() else f"{self.name}_T{percent:g}"
+
+
+def thoracic_template() -> tuple[StructureSpec, ...]:
+    """The default thoracic template: the tumour (with its ITV) and the lungs and heart."""
+    return (
+        StructureSpec("GTV", ("lung tumor", "tumour"), COLOURS["GTV"], RoiType.GTV, itv=True),
+        StructureSpec("Lung_L", ("left lung",), COLOURS["Lung_L"], RoiType.ORGAN),
+        StructureSpec("Lung_R", ("right lung",), COLOURS["Lung_R"], RoiType.ORGAN),
+        StructureSpec("Heart", ("heart",), COLOURS["Heart"], RoiType.ORGAN),
+    )
+
+
+def validate_template(specs: Iterable[StructureSpec]) -> tuple[StructureSpec, ...]:
+    """``specs`` as a tuple; refuses an empty template and repeated names (ROI names must be unique)."""
+    specs = tuple(specs)
+    if not specs:
+        raise TemplateError("a template needs at least one structure, got none")
+    seen: set[str] = set()
+    for spec in specs:
+        if not isinstance(spec, StructureSpec):
+            raise TemplateError(f"template entries must be StructureSpec, got {type(spec).__name__}")
+        if spec.name.upper() in seen:
+            raise TemplateError(f"structure names must be unique (case-insensitive), got {spec.name!r} twice")
+        seen.add(spec.name.upper())
+    return specs
+
+
+_FIELDS = {"name", "prompts", "colour", "color", "type", "interpreted_type", "itv"}
+
+
+def template_from_dict(data: Any, source: str = "template") -> tuple[StructureSpec, ...]:
+    """Specs from parsed YAML/JSON: ``{"structures": [{name, prompts, type, itv?, colour?}, ...]}`` or the list."""
+    entries = data.get("structures") if isinstance(data, Mapping) else data
+    if not isinstance(entries, Sequence) or isinstance(entries, str):
+        raise TemplateError(f"{source}: expected a list of structures (or a mapping with key 'structures'), got "
+                            f"{type(entries).__name__}")
+    specs = []
+    for position, entry in enumerate(entries):
+        where = f"{source}: structures[{position}]"
+        if not isinstance(entry, Mapping):
+            raise TemplateError(f"{where}: expected a mapping, got {type(entry).__name__}")
+        unknown = sorted(set(entry) - _FIELDS)
+        if unknown:
+            raise TemplateError(f"{where}: unknown field(s) {unknown}; expected {sorted(_FIELDS - {'color'})}")
+        for required in ("name", "prompts"):
+            if required not in entry:
+                raise TemplateError(f"{where}: field '{required}' is missing")
+        kind = entry.get("interpreted_type", entry.get("type"))
+        if kind is None:
+            raise TemplateError(f"{where}: field 'type' (RTROIInterpretedType) is missing")
+        name = entry["name"]
+        colour = entry.get("colour", entry.get("color"))
+        try:
+            specs.append(StructureSpec(
+                name=name,
+                prompts=entry["prompts"],
+                colour=default_colour(str(name), position) if colour is None else colour,
+                interpreted_type=kind,
+                itv=entry.get("itv", False),
+            ))
+        except TemplateError as exc:
+            raise TemplateError(f"{where}: {exc}") from None
+    try:
+        return validate_template(specs)
+    except TemplateError as exc:
+        raise TemplateError(f"{source}: {exc}") from None
+
+
+def load_template(path: Path) -> tuple[StructureSpec, ...]:
+    """A template from a ``.yaml``/``.yml`` or ``.json`` file (see the module docstring for the layout)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".yaml", ".yml"):
+        raise TemplateError(f"template file must end in .yaml, .yml or .json, got {path.name!r}")
+    try:
+        data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise TemplateError(f"{path.name}: cannot parse: {exc}") from None
+    return template_from_dict(data, path.name)
