@@ -1,0 +1,230 @@
+"""The RTSTRUCTs of a study, from per-structure masks: per phase, on the reference series, or one combined object.
+
+Masks: a mapping structure name → bool array on the study's grid (``StudyIndex``, every phase on the same grid),
+z in ascending patient z as everywhere in itvsam:
+
+- ``(phase, z, y, x)``: one mask per phase, phases in the order of ``index.phases`` (sorted by percent);
+- ``(z, y, x)``: one volume (e.g. drawn on the AIP, or a structure that does not move). In a study with a single
+  phase it is that phase's mask.
+
+What goes where (``OutputMode``):
+
+- ``per-phase``: one RTSTRUCT per phase series holding that phase's masks (and, in a single-phase study, the
+  one-volume masks), referencing only that series.
+- ``reference``: one RTSTRUCT on the reference series (``index.reference``: the study's AIP, else the configured
+  phase; or the ``reference`` argument, e.g. an AIP we wrote) with, per structure whose spec has ``itv``, every
+  phase's contour (``GTV_T00`` … ``GTV_T90``) and the union over phases (``ITV``); structures without ``itv``
+  contribute their mask of the reference phase (when the reference is a phase), one-volume masks go in as they are.
+  Phase contours are drawn on the reference series' slices, which needs the same voxel positions: a phase whose
+  grid differs is refused (``GridMismatchError``), never resampled.
+- ``combined``: one RTSTRUCT referencing every phase series (and the reference), each phase's contours on its own
+  series, plus the ITVs. Valid DICOM, but some planning systems import only structure sets on a single series.
+- ``all``: the three.
+
+The ITV of a GTV is named ITV (ITV_x for GTV_x) and typed CTV (DICOM has no ITV term; an ITV is a CTV with its
+internal margin); the union of another structure is ``<name>_ITV`` with the structure's own type.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+
+from dicomrt.phases import SeriesKind
+from dicomrt.provenance import Provenance
+from dicomrt.rt_errors import GridMismatchError, MaskShapeError, TemplateError
+from dicomrt.rtstruct import RoiMask, RTStructureSet
+from dicomrt.structures import COLOURS, PHASE_PALETTE, RoiType, StructureSpec, validate_template
+from dicomrt.study import SeriesInfo, StudyIndex
+
+logger = logging.getLogger(__name__)
+
+# SeriesNumber of what we write: per-phase RTSTRUCTs 901.., reference 950, combined 960, SEG 971.., AIP/MIP 980/981.
+SERIES_NUMBER_PHASE = 901
+SERIES_NUMBER_REFERENCE = 950
+SERIES_NUMBER_COMBINED = 960
+
+
+class OutputMode(StrEnum):
+    PER_PHASE = "per-phase"
+    REFERENCE = "reference"
+    COMBINED = "combined"
+    ALL = "all"
+
+
+@dataclass(frozen=True, eq=False)
+class StudyMasks:
+    """Validated masks of one study: ``per_phase`` name → (phase, z, y, x) bool; ``single`` name → (z, y, x) bool;
+    ``specs`` the template entries of the masks given, in template order."""
+
+    index: StudyIndex
+    specs: tuple[StructureSpec, ...]
+    per_phase: dict[str, np.ndarray]
+    single: dict[str, np.ndarray]
+
+
+def check_masks(index: StudyIndex, masks: Mapping[str, np.ndarray], specs: Sequence[StructureSpec]) -> StudyMasks:
+    """Masks checked against the study's grid and the template: every name in the template, shapes
+    ``(phase, z, y, x)`` or ``(z, y, x)`` on the grid, boolean (or integer 0/1, converted)."""
+    specs = validate_template(specs)
+    by_name = {s.name: s for s in specs}
+    unknown = sorted(set(masks) - set(by_name))
+    if unknown:
+        raise TemplateError(f"masks {unknown} have no structure in the template (structures: {sorted(by_name)}); "
+                            f"give a template that names them")
+    if not masks:
+        raise MaskShapeError("masks: expected at least one structure mask, got none")
+    grid = index.reference.geometry.shape
+    phases = len(index.phases)
+    per_phase, single = {}, {}
+    for name, mask in masks.items():
+        mask = np.asarray(mask)
+        if mask.dtype != bool:
+            if not np.issubdtype(mask.dtype, np.integer) or not np.isin(np.unique(mask), (0, 1)).all():
+                raise MaskShapeError(f"mask {name!r} must be boolean (or integers 0/1), got dtype {mask.dtype}")
+            mask = mask.astype(bool)
+        if mask.shape == (phases, *grid):
+            per_phase[name] = mask
+        elif mask.shape == grid:
+            single[name] = mask
+        else:
+            raise MaskShapeError(f"mask {name!r}: expected shape (phase, z, y, x) {(phases, *grid)} or (z, y, x) "
+                                 f"{grid} (the study's grid, z ascending in patient z), got {mask.shape}")
+    if phases == 1:
+        per_phase.update({name: mask[None] for name, mask in single.items()})
+        single = {}
+    chosen = tuple(s for s in specs if s.name in masks)
+    return StudyMasks(index, chosen, per_phase, single)
+
+
+def write_rtstructs(
+    index: StudyIndex,
+    masks: Mapping[str, np.ndarray] | StudyMasks,
+    specs: Sequence[StructureSpec],
+    out_dir: Path,
+    mode: OutputMode | str,
+    provenance: Provenance,
+    *,
+    reference: SeriesInfo | None = None,
+) -> list[Path]:
+    """Write the RTSTRUCTs of ``mode`` (see the module docstring) under ``out_dir``; returns the files written.
+
+    ``reference``: the series of the reference RTSTRUCT (default ``index.reference``), e.g. an AIP written by
+    ``dicomrt.derived``; it must be on the phases' grid.
+    """
+    try:
+        mode = OutputMode(mode)
+    except ValueError:
+        raise ValueError(f"mode must be one of {[m.value for m in OutputMode]}, got {mode!r}") from None
+    checked = masks if isinstance(masks, StudyMasks) else check_masks(index, masks, specs)
+    reference = reference or index.reference
+    out_dir = Path(out_dir)
+    written = []
+    if mode in (OutputMode.PER_PHASE, OutputMode.ALL):
+        written += [s.save(out_dir / f"RS_phase{k:02d}.dcm") for k, s in enumerate(per_phase_sets(checked, provenance))]
+    if mode in (OutputMode.REFERENCE, OutputMode.ALL):
+        written.append(reference_set(checked, reference, provenance).save(out_dir / "RS_reference.dcm"))
+    if mode in (OutputMode.COMBINED, OutputMode.ALL):
+        written.append(combined_set(checked, reference, provenance).save(out_dir / "RS_combined.dcm"))
+    logger.info("study %s: wrote %d RTSTRUCT(s), mode %s", index.study_hash, len(written), mode.value)
+    return written
+
+
+def per_phase_sets(masks: StudyMasks, provenance: Provenance) -> list[RTStructureSet]:
+    """One RTSTRUCT per phase series with that phase's masks."""
+    sets = []
+    for k, phase in enumerate(masks.index.phases):
+        rois = [RoiMask(s.name, s.colour, s.interpreted_type, masks.per_phase[s.name][k])
+                for s in masks.specs if s.name in masks.per_phase]
+        sets.append(RTStructureSet(masks.index.attributes, [phase], rois, label=f"itvsam {_short(phase)}",
+                                   description=f"itvsam contours, phase {phase.label}", provenance=provenance,
+                                   series_number=SERIES_NUMBER_PHASE + k))
+    return sets
+
+
+def reference_set(masks: StudyMasks, reference: SeriesInfo, provenance: Provenance) -> RTStructureSet:
+    """The RTSTRUCT on ``reference``: ITVs with every phase's contours, other structures as described above."""
+    _check_same_grid(masks.index.phases, reference)
+    reference_phase = _phase_of(masks.index, reference)
+    rois = []
+    for spec in masks.specs:
+        if spec.name in masks.single:
+            rois.append(RoiMask(spec.name, spec.colour, spec.interpreted_type, masks.single[spec.name]))
+        elif spec.itv:
+            rois += _itv_rois(spec, masks)
+        elif reference_phase is not None:
+            rois.append(RoiMask(spec.name, spec.colour, spec.interpreted_type,
+                                masks.per_phase[spec.name][reference_phase]))
+    return RTStructureSet(masks.index.attributes, [reference], rois, label="itvsam ITV",
+                          description=f"itvsam ITV and phase contours on {reference.label}", provenance=provenance,
+                          series_number=SERIES_NUMBER_REFERENCE)
+
+
+def combined_set(masks: StudyMasks, reference: SeriesInfo, provenance: Provenance) -> RTStructureSet:
+    """One RTSTRUCT over every phase series (and the reference series when it is not a phase)."""
+    _check_same_grid(masks.index.phases, reference)
+    series = list(masks.index.phases)
+    at = _phase_of(masks.index, reference)
+    if at is None:
+        series.append(reference)
+        at = len(series) - 1
+    rois = []
+    for spec in masks.specs:
+        if spec.name in masks.single:
+            rois.append(RoiMask(spec.name, spec.colour, spec.interpreted_type, masks.single[spec.name], at))
+            continue
+        stack = masks.per_phase[spec.name]
+        rois += [RoiMask(spec.phase_name(phase.percent), _phase_colour(spec, k, len(series)), spec.interpreted_type,
+                         stack[k], k) for k, phase in enumerate(masks.index.phases)]
+        if spec.itv:
+            rois.append(_itv_roi(spec, stack, at))
+    return RTStructureSet(masks.index.attributes, series, rois, label="itvsam 4D",
+                          description="itvsam contours of every phase (multi-series)", provenance=provenance,
+                          series_number=SERIES_NUMBER_COMBINED)
+
+
+def _itv_rois(spec: StructureSpec, masks: StudyMasks) -> list[RoiMask]:
+    stack = masks.per_phase[spec.name]
+    phases = masks.index.phases
+    rois = [RoiMask(spec.phase_name(p.percent), _phase_colour(spec, k, len(phases)), spec.interpreted_type, stack[k])
+            for k, p in enumerate(phases)]
+    return [_itv_roi(spec, stack, 0), *rois]
+
+
+def _itv_roi(spec: StructureSpec, stack: np.ndarray, series_index: int) -> RoiMask:
+    target = spec.interpreted_type in (RoiType.GTV, RoiType.CTV)
+    return RoiMask(spec.itv_name, COLOURS["ITV"] if target else spec.colour,
+                   RoiType.CTV if target else spec.interpreted_type, stack.any(axis=0), series_index)
+
+
+def _phase_colour(spec: StructureSpec, k: int, n: int) -> tuple[int, int, int]:
+    return PHASE_PALETTE[k % len(PHASE_PALETTE)] if spec.itv and n > 1 else spec.colour
+
+
+def _short(series: SeriesInfo) -> str:
+    """A phase's tag in a 16-character label: T00 … T90 (T12.5), or CT."""
+    return "CT" if series.percent is None else f"T{series.percent:02.0f}" if float(series.percent).is_integer() \
+        else f"T{series.percent:g}"
+
+
+def _phase_of(index: StudyIndex, series: SeriesInfo) -> int | None:
+    """The position of ``series`` among the phases, None when it is not a phase (an AIP, a MIP)."""
+    if series.kind not in (SeriesKind.PHASE, SeriesKind.CT):
+        return None
+    for k, phase in enumerate(index.phases):
+        if phase.series_instance_uid == series.series_instance_uid and phase.percent == series.percent:
+            return k
+    return None
+
+
+def _check_same_grid(phases: Sequence[SeriesInfo], reference: SeriesInfo) -> None:
+    for phase in phases:
+        mismatch = reference.geometry.mismatch(phase.geometry)
+        if mismatch:
+            raise GridMismatchError(f"phase {phase.label} is not on the slices of the reference series "
+                                    f"{reference.label} ({mismatch}): refusing to draw its contours there")
