@@ -1,0 +1,150 @@
+"""The slice predictor: a (z, y, x) HU volume and text prompts → a probability volume and presence per structure.
+
+Inference strategy only; the network is passed in (``SliceNetwork``: ``Sam3SliceNetwork`` in production, a function
+stub in unit tests). Per batch of axial slices the image encoder runs once, then every prompt of every structure is
+decoded on the same features; text prompts are encoded once per call. A structure with several prompts takes the
+voxel-wise maximum of their probabilities (and of their presence scores). Probabilities are resized from the model's
+mask grid back to the slice grid on the compute device, then copied to host memory as float32.
+
+On CUDA use ``dtype=torch.bfloat16`` (the network must have been cast to it). Prediction runs under
+``torch.inference_mode()``. A batch that raises ``torch.OutOfMemoryError`` is retried at half the batch size (down to
+1, where the error propagates); the smaller size is kept for the remaining slices.
+
+Instance masks or semantic map (``model.network.MaskSource``): the default is the presence-gated semantic map. Reasons
+from the architecture: the semantic head is a dense per-prompt map that needs no query to fire per part and no
+instance-score threshold, which suits organs and a GTV (one region per prompt and slice, possibly in several parts,
+e.g. two lungs under "lung"), and the presence head supplies the "not on this slice" decision SAM 3 trains it for.
+What was measured is recorded in ``bench/bench_engine.py --mask-source`` (tiny model, trained briefly on phantom
+slices with both heads supervised): see the numbers in the module docstring of that script.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from model.preprocess import ImageSpec, ct_to_images, to_slice_grid
+
+logger = logging.getLogger(__name__)
+
+
+class SliceMapsLike(Protocol):
+    probability: torch.Tensor  # (b, h, w) in [0, 1]
+    presence: torch.Tensor  # (b,) in [0, 1]
+
+
+class SliceNetwork(Protocol):
+    """What the predictor needs from a network (``model.network.Sam3SliceNetwork`` implements it)."""
+
+    image_spec: ImageSpec
+
+    def encode_images(self, images: torch.Tensor) -> object:
+        """(b, 3, S, S) normalised images → opaque features reused for every prompt."""
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Sequence[object]:
+        """Text prompts → one opaque embedding each."""
+
+    def decode(self, image_features: object, prompt: object) -> SliceMapsLike:
+        """Features of b images and one prompt embedding → (b, h, w) probabilities and (b,) presence."""
+
+
+@dataclass(frozen=True)
+class StructurePrediction:
+    """One structure on one volume: ``probability`` (z, y, x) float32 in [0, 1] on the slice grid, ``presence`` (z,)
+    float32 in [0, 1] per slice (max over the structure's prompts)."""
+
+    probability: np.ndarray
+    presence: np.ndarray
+
+
+@dataclass(frozen=True)
+class PredictorSettings:
+    """``batch_size``: slices per image-encoder call (halved on OOM). ``device``/``dtype``: where and in what the
+    images are made (must match the network's). Results are always assembled on the host as float32 numpy."""
+
+    batch_size: int = 8
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class SlicePredictor:
+    """Runs a ``SliceNetwork`` over the axial slices of volumes (see the module docstring)."""
+
+    def __init__(self, network: SliceNetwork, settings: PredictorSettings = PredictorSettings()) -> None:
+        self.network = network
+        self.settings = settings
+        self.batch_size = settings.batch_size  # current size: lowered for good after an OOM
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        volume_hu: np.ndarray,
+        structures: Mapping[str, Sequence[str]],
+        progress: ProgressCallback | None = None,
+    ) -> dict[str, StructurePrediction]:
+        """Predict every structure on every axial slice of ``volume_hu``.
+
+        ``volume_hu``: (z, y, x) Hounsfield units. ``structures``: name → its text prompts (at least one each).
+        ``progress(done_slices, total_slices)`` is called after each batch. Returns name → ``StructurePrediction``.
+        """
+        volume = np.asarray(volume_hu)
+        if volume.ndim != 3:
+            raise ValueError(f"volume_hu must be (z, y, x), got shape {volume.shape}")
+        empty = [name for name, prompts in structures.items() if not prompts]
+        if empty or not structures:
+            raise ValueError(f"every structure needs at least one prompt; none for {empty or 'any structure'}")
+        names = list(structures)
+        prompts = [p for name in names for p in structures[name]]
+        owner = [i for i, name in enumerate(names) for _ in structures[name]]
+        embeddings = self.network.encode_prompts(prompts)
+        n_slices, height, width = volume.shape
+        probability = np.zeros((len(names), n_slices, height, width), dtype=np.float32)
+        presence = np.zeros((len(names), n_slices), dtype=np.float32)
+        start = 0
+        while start < n_slices:
+            stop = min(n_slices, start + self.batch_size)
+            try:
+                batch_probability, batch_presence = self._batch(volume[start:stop], embeddings, owner, len(names))
+            except torch.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                logger.warning("out of memory at %d slices per batch; retrying with %d", stop - start,
+                               self.batch_size)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            probability[:, start:stop] = batch_probability
+            presence[:, start:stop] = batch_presence
+            start = stop
+            if progress is not None:
+                progress(start, n_slices)
+        return {name: StructurePrediction(probability=probability[i], presence=presence[i])
+                for i, name in enumerate(names)}
+
+    def _batch(self, slices_hu: np.ndarray, embeddings: Sequence[object], owner: Sequence[int], n_structures: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """One batch: (s, n_structures, y, x) probabilities → host (n_structures, s, y, x), and presence (n, s)."""
+        images = ct_to_images(slices_hu, self.network.image_spec, device=self.settings.device,
+                              dtype=self.settings.dtype)
+        features = self.network.encode_images(images)
+        shape = slices_hu.shape[1:]
+        best = torch.zeros((n_structures, len(slices_hu), *shape), device=images.device)
+        best_presence = torch.zeros((n_structures, len(slices_hu)), device=images.device)
+        for embedding, index in zip(embeddings, owner, strict=True):
+            maps = self.network.decode(features, embedding)
+            best[index] = torch.maximum(best[index], to_slice_grid(maps.probability, shape).clamp_(0.0, 1.0))
+            best_presence[index] = torch.maximum(best_presence[index], maps.presence.float())
+        return best.cpu().numpy(), best_presence.cpu().numpy()
