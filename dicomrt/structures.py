@@ -219,10 +219,10 @@ def template_from_dict(data: Any, source: str = "template") -> tuple[StructureSp
 def load_template(path: Path) -> tuple[StructureSpec, ...]:
     """A template from a ``.yaml``/``.yml`` or ``.json`` file (see the module docstring for the layout)."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
     suffix = path.suffix.lower()
     if suffix not in (".json", ".yaml", ".yml"):
         raise TemplateError(f"template file must end in .yaml, .yml or .json, got {path.name!r}")
+    text = path.read_text(encoding="utf-8")
     try:
         data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:

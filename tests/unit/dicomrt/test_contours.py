@@ -1,0 +1,112 @@
+"""Contours from masks and the even-odd centre rasteriser: exact round trips, holes, islands, tiny masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from dicomrt.contours import mask_contours, slice_polygons
+from dicomrt.geometry import Geometry
+from dicomrt.raster import rasterise_contours, rasterise_polygons
+from dicomrt.rt_errors import ContourError, MaskShapeError
+
+
+def round_trip(mask: np.ndarray) -> np.ndarray:
+    return rasterise_polygons(slice_polygons(mask), mask.shape)
+
+
+def test_random_masks_round_trip_exactly():
+    rng = np.random.default_rng(3)
+    for k in range(120):
+        mask = rng.random((30, 41)) < rng.uniform(0.05, 0.8)
+        if k % 2:
+            mask = ndimage.binary_opening(mask)
+        polygons = slice_polygons(mask)
+        assert all(len(p) >= 3 for p in polygons)
+        assert not any(np.array_equal(p[0], p[-1]) for p in polygons)
+        np.testing.assert_array_equal(round_trip(mask), mask)
+
+
+def test_ring_gives_outer_and_inner_polygon_and_keeps_the_hole():
+    yy, xx = np.mgrid[:40, :40]
+    radius = np.hypot(yy - 20, xx - 20)
+    ring = (radius < 15) & (radius >= 7)
+    assert len(slice_polygons(ring)) == 2
+    np.testing.assert_array_equal(round_trip(ring), ring)
+    island = ring | (radius < 3)  # an island inside the hole: three nested polygons
+    assert len(slice_polygons(island)) == 3
+    np.testing.assert_array_equal(round_trip(island), island)
+
+
+def test_two_islands_on_one_slice():
+    mask = np.zeros((30, 30), bool)
+    mask[3:8, 3:9] = True
+    mask[15:25, 12:20] = True
+    assert len(slice_polygons(mask)) == 2
+    np.testing.assert_array_equal(round_trip(mask), mask)
+
+
+def test_diagonal_neighbours_give_separate_polygons():
+    mask = np.zeros((6, 6), bool)
+    mask[2, 2] = mask[3, 3] = True
+    assert len(slice_polygons(mask)) == 2
+    np.testing.assert_array_equal(round_trip(mask), mask)
+
+
+def test_one_voxel_gives_a_valid_diamond_around_its_centre():
+    mask = np.zeros((8, 8), bool)
+    mask[5, 2] = True
+    (polygon,) = slice_polygons(mask)
+    assert len(polygon) == 4
+    np.testing.assert_allclose(polygon.mean(axis=0), [5, 2])
+    np.testing.assert_array_equal(round_trip(mask), mask)
+
+
+def test_mask_on_the_array_border_round_trips():
+    mask = np.zeros((10, 12), bool)
+    mask[0:4, 8:12] = True
+    mask[9, 0] = True
+    np.testing.assert_array_equal(round_trip(mask), mask)
+
+
+def oblique_geometry(shape=(4, 20, 24)) -> Geometry:
+    """Rows along -x (feet-first-like flip), columns along +y, slices along +z, non-zero origin."""
+    affine = np.eye(4)
+    affine[:3, 0] = (0, 0, 2.5)
+    affine[:3, 1] = (0, 0.8, 0)
+    affine[:3, 2] = (-0.7, 0, 0)
+    affine[:3, 3] = (100.0, -50.0, -300.0)
+    return Geometry(affine, shape, "1.2.3", tuple(f"1.2.3.{k}" for k in range(shape[0])))
+
+
+def test_contours_in_patient_mm_round_trip_through_the_affine():
+    geometry = oblique_geometry()
+    rng = np.random.default_rng(0)
+    mask = ndimage.binary_opening(rng.random(geometry.shape) < 0.6)
+    contours = mask_contours(mask, geometry)
+    for contour in contours:
+        assert contour.points.shape[1] == 3
+        np.testing.assert_allclose(contour.points[:, 2], -300 + 2.5 * contour.slice_index)
+    back, skipped = rasterise_contours([c.points for c in contours], geometry)
+    assert skipped == 0
+    np.testing.assert_array_equal(back, mask)
+
+
+def test_contours_off_the_grid_are_counted_not_drawn():
+    geometry = oblique_geometry()
+    contour = np.array([[95.0, -45, -275.0], [90, -45, -275.0], [90, -40, -275.0]])
+    mask, skipped = rasterise_contours([contour], geometry)
+    assert skipped == 1 and not mask.any()
+
+
+def test_refusals():
+    geometry = oblique_geometry()
+    with pytest.raises(MaskShapeError, match=r"must be \(4, 20, 24\).*got \(4, 20, 23\)"):
+        mask_contours(np.zeros((4, 20, 23), bool), geometry)
+    with pytest.raises(MaskShapeError, match="boolean"):
+        mask_contours(np.zeros((4, 20, 24), np.uint8), geometry)
+    with pytest.raises(ContourError, match="one slice plane"):
+        rasterise_contours([np.array([[100, -50, -300], [99, -50, -300], [99, -49, -295]])], geometry)
+    with pytest.raises(ContourError, match="N >= 3"):
+        rasterise_polygons([np.zeros((2, 2))], (4, 4))
