@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from dicomrt.geometry import Geometry, geometry_from_slices, slice_normal, slice_order
 from dicomrt.identifiers import short_hash
@@ -125,8 +126,15 @@ class StructureSetContent:
 
 
 def read_rtstruct(path: Path) -> StructureSetContent:
-    """Parse the RT Structure Set file at ``path``."""
-    return StructureSetContent.from_dataset(pydicom.dcmread(path))
+    """Parse the RT Structure Set file at ``path`` (a file without the Part 10 preamble is read too)."""
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError:
+        try:
+            ds = pydicom.dcmread(path, force=True)
+        except Exception as exc:  # whatever the parser trips on, the file is not DICOM
+            raise RTError(f"{Path(path).name} is not a DICOM file ({type(exc).__name__})") from exc
+    return StructureSetContent.from_dataset(ds)
 
 
 @dataclass(frozen=True)
