@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
@@ -50,24 +51,41 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(s) for s in symbols), strict=True))
 
 
+def _apply_merges(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """BPE: repeatedly merge the adjacent pair of lowest rank (what the tokenizer does to one word)."""
+    while len(symbols) > 1:
+        pairs = [(ranks.get((a, b), len(ranks) + 1), i) for i, (a, b) in enumerate(pairwise(symbols))]
+        rank, i = min(pairs)
+        if rank > len(ranks):
+            break
+        symbols = [*symbols[:i], symbols[i] + symbols[i + 1], *symbols[i + 2:]]
+    return symbols
+
+
 def tiny_vocabulary(words: Iterable[str] = TINY_WORDS) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """The vocabulary (token → id) and ordered BPE merges of the tiny CLIP tokenizer."""
-    alphabet = list(_bytes_to_unicode().values())
-    tokens = alphabet + [s + "</w>" for s in alphabet]
-    merges: list[tuple[str, str]] = []
-    known = set(tokens)
+    """The vocabulary (token → id) and ordered BPE merges of the tiny CLIP tokenizer: each word is one token.
+
+    Words are added in order; each gets the merges that join, left to right, the pieces that the merges so far leave
+    of it (new merges rank after all earlier ones, so earlier words still end as one token).
+    """
     byte_map = _bytes_to_unicode()
+    alphabet = list(byte_map.values())
+    tokens = alphabet + [s + "</w>" for s in alphabet]
+    known = set(tokens)
+    merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
     for word in sorted({w.lower() for w in words}):
         symbols = [byte_map[b] for b in word.encode("utf-8")]
         symbols[-1] += "</w>"
-        current = symbols[0]
-        for nxt in symbols[1:]:
-            merged = current + nxt
-            if merged not in known:
-                merges.append((current, nxt))
-                tokens.append(merged)
-                known.add(merged)
-            current = merged
+        pieces = _apply_merges(symbols, ranks)
+        current = pieces[0]
+        for nxt in pieces[1:]:
+            ranks[(current, nxt)] = len(merges)
+            merges.append((current, nxt))
+            current += nxt
+            if current not in known:
+                tokens.append(current)
+                known.add(current)
     tokens += [BOS_TOKEN, EOS_TOKEN]
     return {t: i for i, t in enumerate(tokens)}, merges
 
