@@ -53,13 +53,18 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing_mm: Sequence[float])
     return distance_to_b[surface_a]
 
 
+def _undefined(a: np.ndarray, b: np.ndarray) -> float | None:
+    """0.0 when both masks are empty, NaN when one is, None when a distance is defined."""
+    if not a.any() and not b.any():
+        return 0.0
+    return float("nan") if not a.any() or not b.any() else None
+
+
 def hd95(a: np.ndarray, b: np.ndarray, spacing_mm: Sequence[float]) -> float:
     """95th-percentile symmetric Hausdorff distance in mm; NaN when either mask is empty (0.0 when both are)."""
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    if not a.any() and not b.any():
-        return 0.0
-    if not a.any() or not b.any():
-        return float("nan")
+    if (special := _undefined(a, b)) is not None:
+        return special
     pooled = np.concatenate([surface_distances(a, b, spacing_mm), surface_distances(b, a, spacing_mm)])
     return float(np.percentile(pooled, 95))
 
@@ -67,10 +72,8 @@ def hd95(a: np.ndarray, b: np.ndarray, spacing_mm: Sequence[float]) -> float:
 def hausdorff(a: np.ndarray, b: np.ndarray, spacing_mm: Sequence[float]) -> float:
     """Maximum symmetric surface distance in mm; NaN when either mask is empty (0.0 when both are)."""
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    if not a.any() and not b.any():
-        return 0.0
-    if not a.any() or not b.any():
-        return float("nan")
+    if (special := _undefined(a, b)) is not None:
+        return special
     return float(max(surface_distances(a, b, spacing_mm).max(), surface_distances(b, a, spacing_mm).max()))
 
 

@@ -98,22 +98,14 @@ class Sam3SliceNetwork:
     def from_loaded(cls, loaded: LoadedSam3, mask_source: MaskSource = MaskSource.SEMANTIC) -> Sam3SliceNetwork:
         return cls(loaded.model, loaded.tokenizer, loaded.image_spec, mask_source)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
     def encode_images(self, images: torch.Tensor) -> object:
         """(b, 3, S, S) normalised images → the ViT + FPN features (``Sam3VisionEncoderOutput``)."""
-        return self.model.get_vision_features(pixel_values=images.to(device=self.device, dtype=self.dtype))
+        return self.model.get_vision_features(pixel_values=images.to(device=self.model.device, dtype=self.model.dtype))
 
     def encode_prompts(self, prompts: Sequence[str]) -> list[PromptEmbedding]:
         """Text prompts → one ``PromptEmbedding`` each (CLIP text encoder + projection, run once for all)."""
         tokens = self.tokenizer(list(prompts), padding="max_length", max_length=TEXT_MAX_LENGTH, truncation=True,
-                                return_tensors="pt").to(self.device)
+                                return_tensors="pt").to(self.model.device)
         features = self.model.get_text_features(input_ids=tokens["input_ids"],
                                                 attention_mask=tokens["attention_mask"]).pooler_output
         return [PromptEmbedding(text=p, features=features[i:i + 1], mask=tokens["attention_mask"][i:i + 1])

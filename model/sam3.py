@@ -71,11 +71,11 @@ class LoadedSam3:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self.model.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        return self.model.dtype
 
 
 def _sha256_files(paths: list[Path]) -> str:
