@@ -42,11 +42,11 @@ def slice_polygons(mask: np.ndarray) -> list[np.ndarray]:
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 2:
         raise MaskShapeError(f"a slice mask must be 2D (y, x), got shape {mask.shape}")
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
         return []
-    y0, x0 = int(ys.min()), int(xs.min())
-    crop = mask[y0:int(ys.max()) + 1, x0:int(xs.max()) + 1]
+    y0, x0 = int(rows[0]), int(columns[0])
+    crop = mask[y0:int(rows[-1]) + 1, x0:int(columns[-1]) + 1]
     padded = np.pad(crop, 1).astype(np.float32)  # zero border: every contour closes inside the array
     offset = np.array([y0 - 1, x0 - 1], dtype=np.float64)
     polygons = []

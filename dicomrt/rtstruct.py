@@ -24,7 +24,7 @@ import numpy as np
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, RTStructureSetStorage
 
 from dicomrt.contours import mask_contours
@@ -38,6 +38,11 @@ from dicomrt.study import SeriesInfo
 # The (retired, but universally expected) SOP class that RTReferencedStudySequence items name.
 DETACHED_STUDY_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"
 _CONTOUR_DATA = Tag("ContourData")
+_CONTOUR_NUMBER = Tag("ContourNumber")
+_CONTOUR_GEOMETRIC_TYPE = Tag("ContourGeometricType")
+_NUMBER_OF_CONTOUR_POINTS = Tag("NumberOfContourPoints")
+_REFERENCED_SOP_CLASS = Tag("ReferencedSOPClassUID")
+_REFERENCED_SOP_INSTANCE = Tag("ReferencedSOPInstanceUID")
 MAX_ST = 1024
 
 
@@ -234,15 +239,29 @@ def _roi_contour(number: int, roi: RoiMask, series: SeriesInfo) -> Dataset:
     contours = []
     for k, contour in enumerate(mask_contours(np.asarray(roi.mask), series.geometry), start=1):
         header = series.instances[contour.slice_index]
-        contour_item = Dataset()
-        contour_item.ContourNumber = k
-        contour_item.ContourImageSequence = [_image_item(header.sop_class_uid, header.sop_instance_uid)]
-        contour_item.ContourGeometricType = "CLOSED_PLANAR"
-        contour_item.NumberOfContourPoints = len(contour.points)
+        image = _raw_item((_REFERENCED_SOP_CLASS, "UI", header.sop_class_uid),
+                          (_REFERENCED_SOP_INSTANCE, "UI", header.sop_instance_uid))
+        contour_item = _raw_item((_CONTOUR_NUMBER, "IS", str(k)),
+                                 (_CONTOUR_GEOMETRIC_TYPE, "CS", "CLOSED_PLANAR"),
+                                 (_NUMBER_OF_CONTOUR_POINTS, "IS", str(len(contour.points))))
         contour_item[_CONTOUR_DATA] = _contour_data(contour.points)
+        contour_item.ContourImageSequence = [image]
         contours.append(contour_item)
     if contours:
         item.ContourSequence = DicomSequence(contours)
+    return item
+
+
+def _raw_item(*elements: tuple[BaseTag, str, str]) -> Dataset:
+    """A sequence item of (tag, VR, text) values stored as encoded bytes (explicit VR little endian, ASCII): written
+    as they are, without pydicom's per-element conversion and validation. Values are checked by the caller."""
+    item = Dataset()
+    for tag, vr, text in elements:
+        value = text.encode("ascii")
+        if len(value) % 2:
+            value += b"\0" if vr == "UI" else b" "
+        item[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True, True, False)
+    item.set_original_encoding(False, True, item._character_set)
     return item
 
 
@@ -250,7 +269,7 @@ def _contour_data(points: np.ndarray) -> RawDataElement:
     """ContourData as one DS string (x\\y\\z in LPS mm, 4 decimals; each value well within DS's 16 characters),
     formatted once instead of through per-value ``DSfloat`` objects."""
     flat = np.round(np.asarray(points, dtype=np.float64).ravel(), 4) + 0.0  # + 0.0 turns -0.0 into 0.0
-    text = "\\".join(f"{v:.4f}".rstrip("0").rstrip(".") for v in flat.tolist())
+    text = "\\".join(["%.4f"] * flat.size) % tuple(flat.tolist())
     if len(text) % 2:
         text += " "
     value = text.encode("ascii")

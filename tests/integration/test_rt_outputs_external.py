@@ -17,7 +17,7 @@ import pytest
 
 from dicomrt.derived import write_projections
 from dicomrt.provenance import Provenance
-from dicomrt.reader import load_study, read_study
+from dicomrt.reader import read_study, scan_study
 from dicomrt.rt_outputs import check_masks, write_rtstructs
 from dicomrt.rtstruct import RoiMask, RTStructureSet
 from dicomrt.seg import write_segs
@@ -142,14 +142,13 @@ def _phantom_api():
 def test_phantom_round_trip_through_plastimatch(tmp_path):
     phantom = _phantom_api()
     generated = phantom.generate_phantom(phantom.PhantomConfig(seed=7, size="small"))
-    phantom.write_phantom(generated, tmp_path / "study", aip=False)
-    study = load_study(read_study(tmp_path / "study" / "dicom").index)
+    phantom.write_phantom(generated, tmp_path / "study", vendor="nominal", aip=False)
+    index = scan_study(tmp_path / "study" / "dicom")
     truth = {name: np.asarray(mask, bool) for name, mask in np.load(tmp_path / "study" / "truth.npz").items()}
-    names = {"GTV": "tumour", "Lung_L": "lung_left", "Lung_R": "lung_right", "Heart": "heart"}
-    masks = {tg: truth[n] for tg, n in names.items() if n in truth}
-    paths = write_rtstructs(study.index, masks, thoracic_template(), tmp_path / "out", "per-phase", PROVENANCE)
+    masks = {s.name: truth[s.name] for s in thoracic_template()}  # the phantom's truth uses the TG-263 names
+    paths = write_rtstructs(index, masks, thoracic_template(), tmp_path / "out", "per-phase", PROVENANCE)
     for k in (0, len(paths) // 2):
-        series = study.index.phases[k]
+        series = index.phases[k]
         ct = tmp_path / f"ct{k}"
         ct.mkdir()
         for header in series.instances:

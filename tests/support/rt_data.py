@@ -43,6 +43,7 @@ def native_copy(folder: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for path in sorted(folder.glob("*.dcm")):
         ds = pydicom.dcmread(path)
-        ds.decompress()
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress()
         ds.save_as(out / path.name)
     return out
