@@ -228,3 +228,13 @@ def _check_same_grid(phases: Sequence[SeriesInfo], reference: SeriesInfo) -> Non
         if mismatch:
             raise GridMismatchError(f"phase {phase.label} is not on the slices of the reference series "
                                     f"{reference.label} ({mismatch}): refusing to draw its contours there")
+
+
+def load_masks_npz(path: Path) -> dict[str, np.ndarray]:
+    """The masks of an ``.npz`` file: keys are structure names, arrays (phase, z, y, x) or (z, y, x) on the study's
+    grid with z ascending in patient z (checked later by ``check_masks``). Refuses pickled objects."""
+    try:
+        with np.load(Path(path), allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (ValueError, OSError) as exc:
+        raise MaskShapeError(f"{Path(path).name}: cannot read masks as an .npz of arrays ({exc})") from None

@@ -218,3 +218,14 @@ def test_check_masks_accepts_integer_zero_one(index4d):
 def test_unknown_mode_is_refused(index4d, tumour, tmp_path):
     with pytest.raises(ValueError, match="mode must be one of"):
         write_rtstructs(index4d, {"GTV": tumour}, thoracic_template(), tmp_path, "everything", PROVENANCE)
+
+
+def test_masks_from_npz(index4d, tumour, tmp_path):
+    from dicomrt.rt_outputs import load_masks_npz
+
+    np.savez_compressed(tmp_path / "masks.npz", GTV=tumour)
+    checked = check_masks(index4d, load_masks_npz(tmp_path / "masks.npz"), thoracic_template())
+    np.testing.assert_array_equal(checked.per_phase["GTV"], tumour)
+    (tmp_path / "bad.npz").write_text("not an archive")
+    with pytest.raises(MaskShapeError, match="bad.npz: cannot read masks"):
+        load_masks_npz(tmp_path / "bad.npz")
