@@ -50,6 +50,7 @@ def volume_cm3(mask: np.ndarray, series: SeriesInfo) -> float:
     return float(mask.sum() * np.prod(series.geometry.spacing_mm) / 1000)
 
 
+@pytest.mark.slow
 def test_totalseg_structures_round_trip_through_plastimatch(shared_data, native_ct, tmp_path):
     index = totalseg_index(shared_data)
     masks = totalseg_masks(shared_data)
