@@ -83,6 +83,8 @@ def ct_to_images(
     (n, 3, image_size, image_size) ``dtype`` on ``device``; channel c is ``spec.windows[c]``. Windowing and resizing are
     computed in float32 whatever ``dtype`` is, then cast.
     """
+    if isinstance(slices_hu, np.ndarray) and not slices_hu.flags.writeable:
+        slices_hu = slices_hu.copy()  # torch cannot wrap a read-only array (e.g. a phantom's); one batch is small
     hu = torch.as_tensor(slices_hu)
     if hu.ndim != 3:
         raise ValueError(f"slices_hu must be (n, y, x), got shape {tuple(hu.shape)}")
@@ -115,7 +117,8 @@ def masks_to_model_grid(masks: np.ndarray | torch.Tensor, size: int, *, device: 
     ``masks``: (n, y, x) bool. Returns (n, size, size) float32 in [0, 1] (area-averaged when shrinking), the exact
     counterpart of ``to_slice_grid``.
     """
-    m = torch.as_tensor(masks).to(device=device, dtype=torch.float32)
+    m = torch.as_tensor(np.array(masks, dtype=np.float32) if isinstance(masks, np.ndarray) else masks)
+    m = m.to(device=device, dtype=torch.float32)
     if m.ndim != 3:
         raise ValueError(f"masks must be (n, y, x), got shape {tuple(m.shape)}")
     return _resize(m.unsqueeze(1), (size, size))[:, 0].clamp_(0.0, 1.0)
