@@ -1,7 +1,7 @@
 """The ``itvsam`` command line. Entry point only: it configures logging and output, the work lives in the packages.
 
-Exit codes: 0 success; 2 usage error; 3 the input study is refused (the message names the problem);
-4 a path does not exist or cannot be written.
+Exit codes: 0 success; 2 usage error; 3 an input (study, masks, template) is refused (the message names the problem);
+4 a path does not exist, or an output folder is not empty.
 """
 
 from __future__ import annotations
@@ -16,9 +16,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from dicomrt.derived import write_projections
 from dicomrt.errors import StudyError
 from dicomrt.identifiers import short_hash
-from dicomrt.reader import scan_study
+from dicomrt.phases import SeriesKind
+from dicomrt.provenance import Provenance
+from dicomrt.reader import load_study, scan_study
+from dicomrt.rt_errors import RTError
+from dicomrt.rt_outputs import OutputMode, check_masks, load_masks_npz, write_rtstructs
+from dicomrt.seg import write_segs
+from dicomrt.structures import load_template, thoracic_template
 from dicomrt.study import StudyIndex, index_summary
 
 EXIT_REFUSED = 3
@@ -95,3 +102,47 @@ def _print_index(index: StudyIndex) -> None:
     for warning in index.warnings:
         console.print(f"[yellow]warning[/]: {escape(warning)}", highlight=False)
     logging.getLogger(__name__).info("inspected study %s", short_hash(attributes.study_instance_uid))
+
+
+def _empty_output(out: Path, force: bool) -> None:
+    """Refuse to write into a folder that already holds files, unless ``force`` (then its files may be replaced)."""
+    if out.exists() and any(out.iterdir()) and not force:
+        raise _fail(EXIT_PATH, "output_exists", f"{out} is not empty: choose a new folder or pass --force", False)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+@app.command()
+def contour(
+    study_dir: Annotated[Path, typer.Argument(help="Folder of the study's DICOM files.")],
+    masks_npz: Annotated[Path, typer.Argument(help="Masks: an .npz of bool arrays named after the structures, "
+                                                   "(phase, z, y, x) or (z, y, x) on the study's grid, z ascending "
+                                                   "in patient z, phases in percent order.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (new or empty).")],
+    template: Annotated[Path | None, typer.Option(help="Site template (YAML/JSON); default: thoracic.")] = None,
+    mode: Annotated[OutputMode, typer.Option(help="Which RTSTRUCTs to write.")] = OutputMode.ALL,
+    seg: Annotated[bool, typer.Option(help="Also write a DICOM SEG per phase.")] = True,
+    projections: Annotated[bool, typer.Option(help="Write AIP/MIP series the study lacks; the reference "
+                                                   "RTSTRUCT then goes on the new AIP.")] = False,
+    force: Annotated[bool, typer.Option(help="Write into a non-empty output folder.")] = False,
+) -> None:
+    """Write RTSTRUCTs (and DICOM SEG) for a study from masks made elsewhere; exit 3 if study or masks are refused."""
+    for path in (study_dir, masks_npz):
+        if not path.exists():
+            raise _fail(EXIT_PATH, "not_found", f"no such file or folder: {path}", False)
+    _empty_output(out, force)
+    try:
+        index = scan_study(study_dir)
+        specs = load_template(template) if template else thoracic_template()
+        masks = check_masks(index, load_masks_npz(masks_npz), specs)
+        provenance = Provenance(model_identity="external masks (itvsam contour)")
+        reference = None
+        if projections:
+            written = write_projections(load_study(index), out / "derived", provenance)
+            reference = next((s for s in written if s.kind is SeriesKind.AVERAGE), None)
+        paths = write_rtstructs(index, masks, specs, out, mode, provenance, reference=reference)
+        if seg:
+            paths += write_segs(masks, out / "seg", provenance)
+    except (StudyError, RTError) as exc:
+        raise _fail(EXIT_REFUSED, exc.code, str(exc), False) from None
+    for path in paths:
+        console.print(f"wrote {path}", highlight=False)
