@@ -199,3 +199,13 @@ def test_refinement_on_the_phantom_removes_injected_artifacts(measured) -> None:
         organ = refine_structure(name, phantom.truth[name], geometry, RefineSettings(
             connectivity=ConnectivitySettings(max_components=count, fill_holes=False)))
         assert _mean_dice(organ.refined, phantom.truth[name]) > 0.999, name
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fill_holes_matches_scipy(seed: int) -> None:
+    from scipy import ndimage
+
+    mask = np.random.default_rng(seed).random((12, 25, 25)) > 0.3
+    np.testing.assert_array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))
+    per_slice = np.stack([ndimage.binary_fill_holes(s) for s in mask])
+    np.testing.assert_array_equal(fill_holes(mask, volume=False, per_slice=True), per_slice)
