@@ -104,11 +104,15 @@ def motion(masks: np.ndarray, geometry: Geometry) -> Motion:
     if masks.ndim != 4 or tuple(masks.shape[1:]) != tuple(geometry.shape):
         raise ValueError(f"masks must be (phase, z, y, x) on the grid {geometry.shape}, got {masks.shape}")
     voxel_ml = abs(float(np.linalg.det(geometry.affine[:3, :3]))) / 1000.0
-    volumes = masks.reshape(len(masks), -1).sum(axis=1) * voxel_ml
+    volumes = np.zeros(len(masks))
     centroids = np.full((len(masks), 3), np.nan)
     for p, mask in enumerate(masks):
-        if mask.any():
-            centroids[p] = geometry.index_to_patient(np.array([ndimage.center_of_mass(mask)]))[0]
+        boxes = ndimage.find_objects(mask.astype(np.uint8))
+        if boxes:
+            crop = mask[boxes[0]]
+            volumes[p] = np.count_nonzero(crop) * voxel_ml
+            centre = np.array(ndimage.center_of_mass(crop)) + [s.start for s in boxes[0]]
+            centroids[p] = geometry.index_to_patient(centre[None])[0]
     present = ~np.isnan(centroids[:, 0])
     amplitude = np.ptp(centroids[present], axis=0) if present.any() else np.full(3, np.nan)
     return Motion(volumes_ml=volumes.astype(np.float64), centroids_lps_mm=centroids, amplitude_mm=amplitude)
