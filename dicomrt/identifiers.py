@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 
 from pydicom.uid import generate_uid
 
-# UIDs we create: ``2.25.<uuid>`` (ISO/IEC 9834-8), valid for any producer without a registered root. A site with
-# its own root passes it as ``prefix``.
-DEFAULT_UID_PREFIX: str | None = None
+# Name-based UUIDs of itvsam live in this namespace.
+_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:itvsam")
 
 
 def short_hash(value: str) -> str:
@@ -16,7 +16,15 @@ def short_hash(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:10]
 
 
-def new_uid(*entropy: object, prefix: str | None = DEFAULT_UID_PREFIX) -> str:
-    """A new UID; deterministic when ``entropy`` is given (same inputs, same UID), random otherwise."""
-    sources = [repr(e) for e in entropy] or None
-    return str(generate_uid(prefix=prefix, entropy_srcs=sources))
+def new_uid(*entropy: object, prefix: str | None = None) -> str:
+    """A new UID: ``2.25.<UUID as an integer>`` (ISO/IEC 9834-8), valid for a producer without a registered root,
+    or under ``prefix`` (a site's own root, ending in ".").
+
+    Deterministic when ``entropy`` is given (same inputs, same UID: a name-based UUID of their reprs), random
+    otherwise. (pydicom's ``generate_uid`` ignores its entropy when it makes a ``2.25.`` UID, hence the UUID here.)
+    """
+    if prefix is not None:
+        return str(generate_uid(prefix=prefix, entropy_srcs=[repr(e) for e in entropy] or None))
+    if not entropy:
+        return f"2.25.{uuid.uuid4().int}"
+    return f"2.25.{uuid.uuid5(_NAMESPACE, '/'.join(repr(e) for e in entropy)).int}"

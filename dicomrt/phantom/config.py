@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -12,10 +11,10 @@ from typing import Any
 import numpy as np
 
 from dicomrt.geometry import Geometry
+from dicomrt.identifiers import new_uid
 
 # Name-based (version 5) UUIDs of the phantom's UIDs live in this namespace, so that they never collide with UIDs made
 # from the same numbers by anything else.
-UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:itvsam:dicomrt.phantom")
 # Accepted tumour diameters (equivalent-sphere diameter, mm) and the range drawn from the seed when none is given.
 TUMOUR_DIAMETER_LIMITS_MM = (5.0, 60.0)
 TUMOUR_DIAMETER_DRAWN_MM = (15.0, 40.0)
@@ -168,14 +167,8 @@ class PhantomConfig:
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
 
     def uid(self, *parts: object) -> str:
-        """A deterministic UID for this phantom and ``parts`` (e.g. ``("image", vendor, phase, slice)``).
-
-        ``2.25.<UUID as an integer>`` (ISO/IEC 9834-8) from a name-based UUID of the config digest and ``parts``.
-        (``dicomrt.identifiers.new_uid`` is not used: with its default prefix pydicom ignores the entropy and returns
-        a random UUID, and phantoms must be reproducible.)
-        """
-        name = "/".join(repr(p) for p in (self.digest, *parts))
-        return f"2.25.{uuid.uuid5(UID_NAMESPACE, name).int}"
+        """A deterministic UID for this phantom and ``parts`` (e.g. ``("image", vendor, phase, slice)``)."""
+        return new_uid("phantom", self.digest, *parts)
 
 
 def phantom_geometry(config: PhantomConfig) -> Geometry:

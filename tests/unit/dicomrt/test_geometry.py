@@ -84,3 +84,4 @@ def test_mismatch_describes_the_difference():
     assert a.mismatch(build(stack([0.0, 2.0, 4.0]))) is None
     assert a.mismatch(build(stack([0.0, 2.0, 4.0, 6.0]))) == "shape (z, y, x) (3, 64, 32) vs (4, 64, 32)"
     assert a.mismatch(build(stack([1.0, 3.0, 5.0]))) == "voxel positions differ by up to 1.00 mm"
+
