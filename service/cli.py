@@ -19,6 +19,15 @@ from rich.table import Table
 from dicomrt.derived import write_projections
 from dicomrt.errors import StudyError
 from dicomrt.identifiers import short_hash
+from dicomrt.phantom import (
+    Artifact,
+    Compression,
+    PhantomConfig,
+    PhantomSize,
+    VendorStyle,
+    generate_phantom,
+    write_phantom,
+)
 from dicomrt.phases import SeriesKind
 from dicomrt.provenance import Provenance
 from dicomrt.reader import load_study, scan_study
@@ -28,6 +37,7 @@ from dicomrt.seg import write_segs
 from dicomrt.structures import load_template, thoracic_template
 from dicomrt.study import StudyIndex, index_summary
 
+EXIT_USAGE = 2
 EXIT_REFUSED = 3
 EXIT_PATH = 4
 
@@ -49,6 +59,30 @@ def _fail(code: int, error: str, message: str, as_json: bool) -> typer.Exit:
     else:
         errors.print(f"[bold red]error[/] {escape(f'[{error}]')}: {escape(message)}", highlight=False)
     return typer.Exit(code)
+
+
+@app.command()
+def phantom(
+    out_dir: Annotated[Path, typer.Argument(help="Output folder: DICOM in OUT_DIR/dicom, truth in OUT_DIR/truth.npz.")],
+    seed: Annotated[int, typer.Option(min=0, help="Anatomy, tumour and noise derive from it.")] = 0,
+    size: Annotated[PhantomSize, typer.Option(help="small: 128x128x44 (tests); full: 512x512x120.")]
+    = PhantomSize.SMALL,
+    vendor: Annotated[VendorStyle, typer.Option(help="How phases are told apart in the files.")]
+    = VendorStyle.DESC_T,
+    aip: Annotated[bool, typer.Option(help="Also write an average intensity projection series.")] = False,
+    artifact: Annotated[list[Artifact] | None, typer.Option(help="Inject a 4DCT artefact (repeatable).")] = None,
+    compression: Annotated[Compression, typer.Option(help="Transfer syntax (all lossless).")] = Compression.NONE,
+    amplitude_mm: Annotated[float, typer.Option(help="Superior-inferior tumour motion, peak to peak.")] = 15.0,
+) -> None:
+    """Write a synthetic 4DCT phantom study (10 phases) and its exact truth masks. Synthetic, not patient data."""
+    try:
+        config = PhantomConfig(seed=seed, size=size, amplitude_si_mm=amplitude_mm, artifacts=tuple(artifact or ()))
+    except ValueError as exc:
+        raise _fail(EXIT_USAGE, "invalid_phantom", str(exc), False) from None
+    _empty_output(out_dir, force=None)
+    files = write_phantom(generate_phantom(config), out_dir, vendor=vendor, aip=aip, compression=compression)
+    console.print(f"wrote {len(files.paths)} DICOM files to {files.dicom_dir} ({vendor.value}, "
+                  f"{compression.value}) and the truth to {files.truth_npz}", highlight=False)
 
 
 @app.command()
@@ -84,15 +118,16 @@ def _print_index(index: StudyIndex) -> None:
                   f"'{escape(attributes.study_description)}'")
     nz, ny, nx = geometry["shape_zyx"]
     dz, dy, dx = geometry["spacing_mm_zyx"]
+    z_low, z_high = summary["reference"]["z_range_mm"]
     console.print(f"[bold]Grid[/]     {nx} x {ny} pixels x {nz} slices; spacing {dx:.4g} x {dy:.4g} mm, slices "
-                  f"{dz:.4g} mm; orientation {geometry['orientation']}; origin {geometry['origin_mm']} mm (LPS)")
+                  f"{dz:.4g} mm (z {z_low:g} to {z_high:g} mm); orientation {geometry['orientation']}; origin "
+                  f"{geometry['origin_mm']} mm (LPS)")
     table = Table(title="4DCT phases" if index.is_4d else "CT volume (no respiratory phases)")
-    for column in ("phase", "series", "description", "UID hash", "slices", "z range (mm)", "phase from"):
+    for column in ("phase", "series", "description", "slices", "UID hash", "phase from"):
         table.add_column(column)
     for row in summary["phases"] + summary["derived"]:
-        table.add_row(row["label"], str(row["series_number"] or "?"), row["description"], row["series_uid_hash"],
-                      str(row["slices"]), f"{row['z_range_mm'][0]:g} .. {row['z_range_mm'][1]:g}",
-                      row["phase_source"])
+        table.add_row(row["label"], str(row["series_number"] or "?"), escape(row["description"]), str(row["slices"]),
+                      row["series_uid_hash"], row["phase_source"])
     console.print(table)
     reference = summary["reference"]
     console.print(f"[bold]Reference[/] {reference['label']} ({escape(reference['description'])}, "
@@ -104,10 +139,11 @@ def _print_index(index: StudyIndex) -> None:
     logging.getLogger(__name__).info("inspected study %s", short_hash(attributes.study_instance_uid))
 
 
-def _empty_output(out: Path, force: bool) -> None:
-    """Refuse to write into a folder that already holds files, unless ``force`` (then its files may be replaced)."""
+def _empty_output(out: Path, force: bool | None) -> None:
+    """Refuse to write into a folder that already holds files, unless ``force`` (None: the command has no --force)."""
     if out.exists() and any(out.iterdir()) and not force:
-        raise _fail(EXIT_PATH, "output_exists", f"{out} is not empty: choose a new folder or pass --force", False)
+        hint = "" if force is None else " or pass --force"
+        raise _fail(EXIT_PATH, "output_exists", f"{out} is not empty: choose a new folder{hint}", False)
     out.mkdir(parents=True, exist_ok=True)
 
 
