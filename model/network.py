@@ -5,19 +5,19 @@
 prompt (``get_text_features``), and the DETR encoder/decoder and mask decoder once per (slice batch, prompt), reusing
 both through ``Sam3Model.forward(vision_embeds=..., text_embeds=...)``.
 
-Which output makes the structure's probability map (``MaskSource``):
+Which output makes the structure's probability map (``MaskSource``), per pixel:
 
-- ``SEMANTIC``: the semantic head, ``sigmoid(semantic_seg) · sigmoid(presence)``. One dense map per prompt: a 1×1
-  conv on the prompt-conditioned pixel embedding, with no query competition, no instance-score threshold and no
-  Hungarian matching between queries; gated by the presence head, the image-level "is the concept here" score that
-  SAM 3 decouples from localisation. It fits anatomical structures, where a prompt names one (possibly
-  multi-part) region per slice.
+- ``SEMANTIC``: the semantic head, ``sigmoid(semantic_seg)``: one dense map per prompt (a 1×1 conv on the
+  prompt-conditioned pixel embedding), with no query competition, no instance-score threshold, no Hungarian
+  matching; what ``Sam3Processor.post_process_semantic_segmentation`` thresholds.
 - ``INSTANCES``: the score-weighted union of the 200 (tiny: 8) query masks,
-  ``max_q sigmoid(pred_logits_q) · sigmoid(presence) · sigmoid(pred_masks_q)``; what SAM 3's instance post-processing
-  thresholds. It depends on a query firing for each part of the structure.
-- ``UNION``: the voxel-wise maximum of both.
+  ``max_q sigmoid(pred_logits_q) · sigmoid(pred_masks_q)``; it depends on a query firing for each part.
+- ``UNION``: the pixel-wise maximum of both.
 
-The default is ``SEMANTIC``; see ``model.predictor`` for what was measured to choose it.
+With ``presence_gating`` the map is multiplied by ``sigmoid(presence)``, the image-level "is the concept on this
+slice" score that SAM 3 decouples from localisation (its instance scores are ``sigmoid(logit) · sigmoid(presence)``).
+The presence score is returned per slice either way. ``model.predictor`` records what was measured to choose the
+default.
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ class MaskSource(Enum):
     SEMANTIC = "semantic"
     INSTANCES = "instances"
     UNION = "union"
+
+
+# Chosen by measurement: see ``model.predictor``.
+DEFAULT_MASK_SOURCE = MaskSource.UNION
+DEFAULT_PRESENCE_GATING = False
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,9 @@ def combine_outputs(
     instance_logits: torch.Tensor,
     presence_logits: torch.Tensor,
     source: MaskSource,
+    presence_gating: bool,
 ) -> SliceMaps:
-    """SAM 3 outputs → a per-pixel probability per image.
+    """SAM 3 outputs → a per-pixel probability per image (see the module docstring).
 
     ``semantic_logits``: (b, 1, h, w); ``instance_mask_logits``: (b, q, h, w); ``instance_logits``: (b, q);
     ``presence_logits``: (b, 1). Computed in float32.
@@ -76,11 +82,13 @@ def combine_outputs(
     presence = presence_logits.float().sigmoid()[:, 0]  # (b,)
     maps = []
     if source in (MaskSource.SEMANTIC, MaskSource.UNION):
-        maps.append(semantic_logits.float().sigmoid()[:, 0] * presence[:, None, None])
+        maps.append(semantic_logits.float().sigmoid()[:, 0])
     if source in (MaskSource.INSTANCES, MaskSource.UNION):
-        scores = instance_logits.float().sigmoid() * presence[:, None]  # (b, q)
+        scores = instance_logits.float().sigmoid()  # (b, q)
         maps.append((scores[:, :, None, None] * instance_mask_logits.float().sigmoid()).amax(dim=1))
     probability = maps[0] if len(maps) == 1 else torch.maximum(maps[0], maps[1])
+    if presence_gating:
+        probability = probability * presence[:, None, None]
     return SliceMaps(probability=probability, presence=presence)
 
 
@@ -88,15 +96,18 @@ class Sam3SliceNetwork:
     """``Sam3Model`` + tokenizer as a ``SliceNetwork``. The model must already be on its device and dtype."""
 
     def __init__(self, model: Sam3Model, tokenizer: PreTrainedTokenizerBase, image_spec: ImageSpec,
-                 mask_source: MaskSource = MaskSource.SEMANTIC) -> None:
+                 mask_source: MaskSource = DEFAULT_MASK_SOURCE, presence_gating: bool = DEFAULT_PRESENCE_GATING
+                 ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.image_spec = image_spec
         self.mask_source = mask_source
+        self.presence_gating = presence_gating
 
     @classmethod
-    def from_loaded(cls, loaded: LoadedSam3, mask_source: MaskSource = MaskSource.SEMANTIC) -> Sam3SliceNetwork:
-        return cls(loaded.model, loaded.tokenizer, loaded.image_spec, mask_source)
+    def from_loaded(cls, loaded: LoadedSam3, mask_source: MaskSource = DEFAULT_MASK_SOURCE,
+                    presence_gating: bool = DEFAULT_PRESENCE_GATING) -> Sam3SliceNetwork:
+        return cls(loaded.model, loaded.tokenizer, loaded.image_spec, mask_source, presence_gating)
 
     def encode_images(self, images: torch.Tensor) -> object:
         """(b, 3, S, S) normalised images → the ViT + FPN features (``Sam3VisionEncoderOutput``)."""
@@ -118,4 +129,4 @@ class Sam3SliceNetwork:
         out = self.model(vision_embeds=image_features, text_embeds=text,
                          attention_mask=prompt.mask.expand(batch, -1))
         return combine_outputs(out.semantic_seg, out.pred_masks, out.pred_logits, out.presence_logits,
-                               self.mask_source)
+                               self.mask_source, self.presence_gating)

@@ -12,6 +12,7 @@ import torch
 
 from model.network import MaskSource, Sam3SliceNetwork
 from model.predictor import PredictorSettings, SlicePredictor
+from model.preprocess import ct_to_images
 from model.sam3 import load_sam3
 from model.tiny import write_tiny_checkpoint
 
@@ -78,6 +79,20 @@ def test_mask_sources_semantic_instances_union(tiny_dir: Path) -> None:
         assert float(probability.min()) >= 0.0 and float(probability.max()) <= 1.0
     expected = np.maximum(results[MaskSource.SEMANTIC], results[MaskSource.INSTANCES])
     np.testing.assert_allclose(results[MaskSource.UNION], expected, atol=1e-5)
+
+
+def test_reused_features_give_the_full_forward_pass(tiny_dir: Path) -> None:
+    """Encoding images once and decoding each prompt on the features equals Sam3Model's own forward pass."""
+    loaded = load_sam3(tiny_dir)
+    network = Sam3SliceNetwork.from_loaded(loaded, MaskSource.SEMANTIC, presence_gating=False)
+    images = ct_to_images(_volume()[:3], loaded.image_spec)
+    with torch.inference_mode():
+        tokens = loaded.tokenizer(["heart"] * 3, padding="max_length", max_length=32, return_tensors="pt")
+        direct = loaded.model(pixel_values=images, input_ids=tokens["input_ids"],
+                              attention_mask=tokens["attention_mask"])
+        maps = network.decode(network.encode_images(images), network.encode_prompts(["left lung", "heart"])[1])
+    torch.testing.assert_close(maps.probability, direct.semantic_seg.sigmoid()[:, 0])
+    torch.testing.assert_close(maps.presence, direct.presence_logits.sigmoid()[:, 0])
 
 
 @pytest.mark.slow
