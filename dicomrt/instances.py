@@ -7,11 +7,11 @@ import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.tag import Tag
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 logger = logging.getLogger(__name__)
 
@@ -19,16 +19,9 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 CT_SOP_CLASSES = frozenset({CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE})
 
-# Only these elements are parsed in the header pass; pixel data is never read here.
-_TAGS = [Tag(k) for k in (
-    "SpecificCharacterSet", "ImageType", "SOPClassUID", "SOPInstanceUID", "StudyDate", "StudyTime", "AccessionNumber",
-    "Modality", "ReferringPhysicianName", "StudyDescription", "SeriesDescription", "PatientName", "PatientID",
-    "PatientBirthDate", "PatientSex", "StudyInstanceUID", "SeriesInstanceUID", "StudyID", "SeriesNumber",
-    "AcquisitionTime", "ContentTime", "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient",
-    "FrameOfReferenceUID", "TemporalPositionIdentifier", "NumberOfTemporalPositions", "TemporalPositionIndex",
-    "NominalPercentageOfRespiratoryPhase", "SamplesPerPixel", "PhotometricInterpretation", "NumberOfFrames",
-    "Rows", "Columns", "PixelSpacing", "BitsAllocated", "RescaleIntercept", "RescaleSlope",
-)]
+
+
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
 
 
 class Skip(StrEnum):
@@ -82,6 +75,8 @@ class InstanceHeader:
     number_of_frames: int
     samples_per_pixel: int
     bits_allocated: int
+    pixel_representation: int
+    native_pixels: tuple[int, int] | None  # (file offset, length) of uncompressed little-endian pixel data
     photometric_interpretation: str
     rescale_slope: float
     rescale_intercept: float
@@ -98,20 +93,36 @@ class InstanceHeader:
 def read_header(path: Path) -> InstanceHeader | Skip:
     """The CT header of ``path``, or why it is skipped. Raises nothing for a bad file: a bad file is a ``Skip``."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
+        with open(path, "rb") as fp:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            native_pixels = _native_pixel_data(fp, ds)
     except InvalidDicomError:
         return Skip.NOT_DICOM
     except Exception as exc:  # a corrupt file of any kind is skipped and counted, never fatal
         logger.debug("unreadable file skipped: %s", type(exc).__name__)
         return Skip.UNREADABLE
     try:
-        return _header(path, ds)
+        return _header(path, ds, native_pixels)
     except (ValueError, TypeError, IndexError, AttributeError) as exc:  # malformed values in a header element
         logger.debug("unreadable header skipped: %s", type(exc).__name__)
         return Skip.UNREADABLE
 
 
-def _header(path: Path, ds: pydicom.Dataset) -> InstanceHeader | Skip:
+def _native_pixel_data(fp: BinaryIO, ds: pydicom.Dataset) -> tuple[int, int] | None:
+    """(file offset, length) of uncompressed little-endian PixelData, read from its element header where
+    ``dcmread(stop_before_pixels=True)`` left ``fp``; None for any other encoding (pydicom decodes those)."""
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    if syntax not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian) or fp.read(4) != _PIXEL_DATA_TAG:
+        return None
+    if syntax == ExplicitVRLittleEndian:
+        if fp.read(2) not in (b"OW", b"OB"):
+            return None
+        fp.read(2)  # reserved
+    length = int.from_bytes(fp.read(4), "little")
+    return None if length == 0xFFFFFFFF else (fp.tell(), length)
+
+
+def _header(path: Path, ds: pydicom.Dataset, native_pixels: tuple[int, int] | None) -> InstanceHeader | Skip:
     meta = getattr(ds, "file_meta", None)
     if "SOPClassUID" not in ds and "Modality" not in ds:
         # nothing identifies the object: a header cut short (the file meta may still name an image class)
@@ -150,6 +161,8 @@ def _header(path: Path, ds: pydicom.Dataset) -> InstanceHeader | Skip:
         number_of_frames=_int(ds, "NumberOfFrames") or 1,
         samples_per_pixel=_int(ds, "SamplesPerPixel") or 1,
         bits_allocated=_int(ds, "BitsAllocated") or 0,
+        pixel_representation=_int(ds, "PixelRepresentation") or 0,
+        native_pixels=native_pixels,
         photometric_interpretation=_str(ds, "PhotometricInterpretation"),
         rescale_slope=float(ds.get("RescaleSlope", 1) or 1),
         rescale_intercept=float(ds.get("RescaleIntercept", 0) or 0),

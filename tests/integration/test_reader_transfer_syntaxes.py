@@ -51,3 +51,11 @@ def test_dcmtk_encoded_series_decodes_identically(name, native_copy, original_vo
     assert {str(pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID)
             for p in tmp_path.glob("*.dcm")} == {transfer_syntax}
     np.testing.assert_array_equal(read_study(tmp_path).phases[0].volume, original_volume)
+
+
+def test_implicit_vr_little_endian_reads_identically(native_copy, original_volume, tmp_path):
+    for path in sorted(native_copy.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        ds.save_as(tmp_path / path.name, implicit_vr=True, little_endian=True)
+    np.testing.assert_array_equal(read_study(tmp_path).phases[0].volume, original_volume)
