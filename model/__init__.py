@@ -1,1 +1,9 @@
-"""SAM 3 + LoRA segmentation, refinement and the ITV (see ARCHITECTURE.md). Built in the engine issue."""
+"""SAM 3 + LoRA segmentation, refinement and the ITV (see ARCHITECTURE.md).
+
+- ``sam3``: load a local SAM 3 snapshot (safetensors only), merge a LoRA adapter, ``merge``, the model identity;
+- ``tiny``: a tiny SAM 3 of the same architecture and a tokenizer built here (tests, benchmarks, demos);
+- ``lora``: LoRA on the ViT attention (and MLP) with peft;
+- ``preprocess``: HU windows → model images and model maps → slice grid, shared by training and inference;
+- ``network`` / ``predictor``: SAM 3 as a slice network, and the batched slice predictor;
+- ``refine``, ``itv``, ``metrics``: torch-free (numpy/scipy) refinement, ITV and motion, Dice and HD95.
+"""
