@@ -12,6 +12,11 @@ Templates load from YAML or JSON (``load_template``)::
         type: GTV          # RTROIInterpretedType
         itv: true
         colour: [255, 0, 0]  # optional: else from the fixed table
+      - name: Heart
+        prompts: [heart]
+        type: ORGAN
+        components: 1        # optional: connected components per phase (default: keep all supported ones)
+        min_volume_ml: 1.0   # optional: drop smaller specks (default 0.05)
 """
 
 from __future__ import annotations
@@ -103,6 +108,9 @@ class StructureSpec:
     ``prompts``: the text prompts given to the model (at least one). ``colour``: RGB, each 0-255.
     ``interpreted_type``: RTROIInterpretedType (a ``RoiType`` or its string). ``itv``: whether the union over phases
     (its internal target volume, or an organ's motion envelope) is written to the reference RTSTRUCT.
+    Post-processing: ``components``, how many 3D connected components the structure has in one phase (1 for a lung or
+    the heart; None keeps every temporally supported one, as for tumours), and ``min_volume_ml``, below which a
+    component is dropped as a speck.
     """
 
     name: str
@@ -110,6 +118,8 @@ class StructureSpec:
     colour: tuple[int, int, int]
     interpreted_type: RoiType
     itv: bool = False
+    components: int | None = None
+    min_volume_ml: float = 0.05
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -135,6 +145,11 @@ class StructureSpec:
                                 f"{self.interpreted_type!r}") from None
         if not isinstance(self.itv, bool):
             raise TemplateError(f"{self.name}: itv must be true or false, got {self.itv!r}")
+        if self.components is not None and (not isinstance(self.components, int) or self.components < 1):
+            raise TemplateError(f"{self.name}: components must be a positive integer or null, got "
+                                f"{self.components!r}")
+        if not isinstance(self.min_volume_ml, int | float) or self.min_volume_ml < 0:
+            raise TemplateError(f"{self.name}: min_volume_ml must be a number >= 0, got {self.min_volume_ml!r}")
 
     @property
     def itv_name(self) -> str:
@@ -154,9 +169,9 @@ def thoracic_template() -> tuple[StructureSpec, ...]:
     """The default thoracic template: the tumour (with its ITV) and the lungs and heart."""
     return (
         StructureSpec("GTV", ("lung tumor", "tumour"), COLOURS["GTV"], RoiType.GTV, itv=True),
-        StructureSpec("Lung_L", ("left lung",), COLOURS["Lung_L"], RoiType.ORGAN),
-        StructureSpec("Lung_R", ("right lung",), COLOURS["Lung_R"], RoiType.ORGAN),
-        StructureSpec("Heart", ("heart",), COLOURS["Heart"], RoiType.ORGAN),
+        StructureSpec("Lung_L", ("left lung",), COLOURS["Lung_L"], RoiType.ORGAN, components=1, min_volume_ml=1.0),
+        StructureSpec("Lung_R", ("right lung",), COLOURS["Lung_R"], RoiType.ORGAN, components=1, min_volume_ml=1.0),
+        StructureSpec("Heart", ("heart",), COLOURS["Heart"], RoiType.ORGAN, components=1, min_volume_ml=1.0),
     )
 
 
@@ -175,7 +190,7 @@ def validate_template(specs: Iterable[StructureSpec]) -> tuple[StructureSpec, ..
     return specs
 
 
-_FIELDS = {"name", "prompts", "colour", "color", "type", "interpreted_type", "itv"}
+_FIELDS = {"name", "prompts", "colour", "color", "type", "interpreted_type", "itv", "components", "min_volume_ml"}
 
 
 def template_from_dict(data: Any, source: str = "template") -> tuple[StructureSpec, ...]:
@@ -207,6 +222,8 @@ def template_from_dict(data: Any, source: str = "template") -> tuple[StructureSp
                 colour=default_colour(str(name), position) if colour is None else colour,
                 interpreted_type=kind,
                 itv=entry.get("itv", False),
+                components=entry.get("components"),
+                min_volume_ml=entry.get("min_volume_ml", 0.05),
             ))
         except TemplateError as exc:
             raise TemplateError(f"{where}: {exc}") from None

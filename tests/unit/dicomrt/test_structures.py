@@ -97,3 +97,14 @@ def test_template_file_errors(tmp_path):
         load_template(bad)
     with pytest.raises(TemplateError, match=r"must end in \.yaml, \.yml or \.json"):
         load_template(tmp_path / "site.txt")
+
+
+def test_post_processing_fields_load_and_are_checked():
+    from dicomrt.structures import template_from_dict
+
+    (spec,) = template_from_dict([{"name": "Heart", "prompts": ["heart"], "type": "ORGAN", "components": 1,
+                                   "min_volume_ml": 2.5}])
+    assert (spec.components, spec.min_volume_ml) == (1, 2.5)
+    with pytest.raises(TemplateError, match=r"structures\[0\]: Heart: components must be a positive integer or null, "
+                                            r"got 0"):
+        template_from_dict([{"name": "Heart", "prompts": ["heart"], "type": "ORGAN", "components": 0}])
