@@ -23,5 +23,5 @@ fi
 python=${PYTHON:-python3.11}
 command -v "$python" >/dev/null 2>&1 || python=python3
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import dicomrt, service.cli" # fail here, not later, if the install is broken
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[engine,test]"
+.venv/bin/python -c "import dicomrt, service.cli, model.sam3, workers.pipeline" # fail here if the install is broken

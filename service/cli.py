@@ -1,13 +1,15 @@
 """The ``itvsam`` command line. Entry point only: it configures logging and output, the work lives in the packages.
 
 Exit codes: 0 success; 2 usage error; 3 an input (study, masks, template) is refused (the message names the problem);
-4 a path does not exist, or an output folder is not empty.
+4 a path does not exist, or an output folder is not empty; 5 the model cannot be loaded.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -40,6 +42,7 @@ from dicomrt.study import StudyIndex, index_summary
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
 EXIT_PATH = 4
+EXIT_MODEL = 5
 
 app = typer.Typer(help="itvsam: 4DCT to RTSTRUCT with SAM 3, phase-coherent refinement and the ITV.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -139,8 +142,13 @@ def _print_index(index: StudyIndex) -> None:
     logging.getLogger(__name__).info("inspected study %s", short_hash(attributes.study_instance_uid))
 
 
-def _empty_output(out: Path, force: bool | None) -> None:
-    """Refuse to write into a folder that already holds files, unless ``force`` (None: the command has no --force)."""
+def _empty_output(out: Path, force: bool | None, source: Path | None = None) -> None:
+    """Refuse to write into a folder that already holds files, unless ``force`` (None: the command has no --force),
+    and refuse an output folder that is, holds or lies inside the input ``source`` (inputs are never touched)."""
+    if source is not None:
+        o, i = out.resolve(), source.resolve()
+        if o == i or i in o.parents or o in i.parents:
+            raise _fail(EXIT_PATH, "output_overlaps_input", f"output folder {out} overlaps the input {source}", False)
     if out.exists() and any(out.iterdir()) and not force:
         hint = "" if force is None else " or pass --force"
         raise _fail(EXIT_PATH, "output_exists", f"{out} is not empty: choose a new folder{hint}", False)
@@ -165,7 +173,7 @@ def contour(
     for path in (study_dir, masks_npz):
         if not path.exists():
             raise _fail(EXIT_PATH, "not_found", f"no such file or folder: {path}", False)
-    _empty_output(out, force)
+    _empty_output(out, force, study_dir)
     try:
         index = scan_study(study_dir)
         specs = load_template(template) if template else thoracic_template()
@@ -182,3 +190,84 @@ def contour(
         raise _fail(EXIT_REFUSED, exc.code, str(exc), False) from None
     for path in paths:
         console.print(f"wrote {path}", highlight=False)
+
+
+class Device(StrEnum):
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+@app.command()
+def run(
+    study_dir: Annotated[Path, typer.Argument(help="Folder of the 4DCT's DICOM files.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (new or empty).")],
+    model: Annotated[Path, typer.Option(help="SAM 3 snapshot directory (official layout or merged).")],
+    adapter: Annotated[Path | None, typer.Option(help="LoRA adapter (peft) merged on load.")] = None,
+    template: Annotated[Path | None, typer.Option(help="Site template (YAML/JSON); default: thoracic.")] = None,
+    device: Annotated[Device, typer.Option(help="Compute device (cuda: bf16).")] = Device.CPU,
+    force: Annotated[bool, typer.Option(help="Replace the contents of a non-empty output folder.")] = False,
+) -> None:
+    """Contour a 4DCT: SAM 3 per phase, phase-coherent refinement, ITV; writes RTSTRUCTs, SEG, summary and QA."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from model.sam3 import ModelLoadError
+    from workers.pipeline import JobOptions, load_engine, run_job
+
+    if not study_dir.exists():
+        raise _fail(EXIT_PATH, "not_found", f"no such folder: {study_dir}", False)
+    _empty_output(out, force, study_dir)
+    if force:
+        _clear(out)
+    try:
+        options = JobOptions(template=load_template(template)) if template else JobOptions()
+    except RTError as exc:
+        raise _fail(EXIT_REFUSED, exc.code, str(exc), False) from None
+    try:
+        engine = load_engine(model, adapter, device=device.value)
+    except (ModelLoadError, OSError) as exc:
+        raise _fail(EXIT_MODEL, "model_unavailable", str(exc), False) from None
+    columns = (TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=errors) as bar:
+        task = bar.add_task("reading", total=1.0)
+
+        def show(progress) -> None:
+            bar.update(task, completed=progress.fraction, description=progress.message[:28])
+
+        try:
+            summary = run_job(study_dir, out, engine, options, progress=show)
+        except (StudyError, RTError) as exc:
+            raise _fail(EXIT_REFUSED, exc.code, str(exc), False) from None
+    timings = summary["timings"]
+    console.print(f"wrote {len(summary['outputs']['rtstruct'])} RTSTRUCT(s), {len(summary['outputs']['seg'])} SEG, "
+                  f"report.png and summary.json to {out} in {timings['total_s']:.1f} s (model "
+                  f"{timings['model_s']:.1f} s)", highlight=False)
+    for name, structure in summary["structures"].items():
+        amplitude = structure["amplitude_mm"]
+        console.print(f"  {name}: volume {min(structure['volumes_ml']):.1f}-{max(structure['volumes_ml']):.1f} ml, "
+                      f"motion LR {amplitude['x']} AP {amplitude['y']} SI {amplitude['z']} mm", highlight=False)
+
+
+def _clear(out: Path) -> None:
+    """Remove what a previous run left in ``out`` (only with --force)."""
+    for path in out.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+@app.command()
+def merge(
+    base: Annotated[Path, typer.Option(help="SAM 3 snapshot directory.")],
+    adapter: Annotated[Path, typer.Option(help="LoRA adapter directory (peft format).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output directory for the merged weights (new).")],
+) -> None:
+    """Merge a LoRA adapter into SAM 3 and write a self-contained checkpoint for workers."""
+    from model.sam3 import ModelLoadError
+    from model.sam3 import merge as merge_adapter
+
+    if out.exists() and any(out.iterdir()):
+        raise _fail(EXIT_PATH, "output_exists", f"{out} is not empty: choose a new folder", False)
+    try:
+        identity = merge_adapter(base, adapter, out)
+    except ModelLoadError as exc:
+        raise _fail(EXIT_MODEL, "model_unavailable", str(exc), False) from None
+    console.print(f"merged into {out}: identity {identity.short}", highlight=False)

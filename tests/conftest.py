@@ -44,3 +44,17 @@ def dciodvfy_errors(path: Path) -> list[str]:
     result = subprocess.run([require_tool("dciodvfy"), "-new", str(path)], capture_output=True, text=True,
                             timeout=120, check=False)
     return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors gain nothing from threads; on a busy 2-core machine OpenMP spinning makes them 10-50x slower."""
+    try:
+        import torch
+    except ImportError:  # the torch-free parts are tested without it
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

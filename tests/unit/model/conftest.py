@@ -47,17 +47,8 @@ def record_measurement(line: str) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread() -> object:
-    """Tiny tensors gain nothing from threads; on a busy 2-core machine OpenMP spinning makes them 10-50x slower."""
-    try:
-        import torch
-    except ImportError:  # the torch-free parts are tested without it
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_torch_thread(one_torch_thread) -> None:
+    """Every model test runs on one torch thread (see ``tests/conftest.py``)."""
 
 
 @pytest.fixture
