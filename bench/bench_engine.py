@@ -2,8 +2,11 @@
 
 Throughput (default): the tiny model (``model.tiny``, random weights) runs the production slice predictor over one
 phase of a phantom 4DCT (``--size small``: 44 slices of 128², ``full``: 120 of 512²) with the default thoracic
-prompts (5 prompts, 4 structures) at each batch size; prints slices/s and ms per slice. Model time only: the
-pipeline's other stages (reading, refinement, outputs) are timed by the pipeline benchmark once it exists.
+prompts (5 prompts, 4 structures) at each batch size; prints slices/s and ms per slice. Model time only.
+
+``--pipeline``: the whole job (``workers.pipeline.run_job``) on a phantom 4DCT of ``--size`` with the tiny model;
+prints the seconds of each stage, the model's time separate from everything else. (Random weights give noisy,
+large masks: the writing stage is slower than with a trained model.)
 
 ``--mask-source``: which SAM 3 output should make a structure's mask. The tiny model is trained from scratch for
 ``--steps`` steps on the phantom of seed 0 (all phases; Heart, Lung_L, Lung_R, GTV; the semantic head, the
@@ -12,6 +15,7 @@ predictor runs on the phantom of seed 1 (phases 0 % and 50 %) once per ``MaskSou
 
     python bench/bench_engine.py [--size small|full] [--batches 1 8 32] [--threads 1]
     python bench/bench_engine.py --mask-source [--steps 300]
+    python bench/bench_engine.py --pipeline [--size full]
 
 ``model.predictor``'s docstring records the measured numbers and the decision they led to.
 """
@@ -120,6 +124,22 @@ def compare_mask_sources(model_dir: Path, steps: int) -> None:
                   + f" {np.mean(means):>7.3f}")
 
 
+def pipeline(model_dir: Path, size: str, work: Path) -> None:
+    from dicomrt.phantom import PhantomConfig, generate_phantom, write_phantom
+    from workers.pipeline import load_engine, run_job
+
+    files = write_phantom(generate_phantom(PhantomConfig(seed=21, size=size)), work / "study", vendor="desc-t")
+    engine = load_engine(model_dir)
+    summary = run_job(files.dicom_dir, work / "out", engine)
+    timings = summary["timings"]
+    shape = summary["study"]["geometry"]["shape_zyx"]
+    print(f"pipeline on a {size} phantom, 10 phases of {shape[0]} x {shape[1]} x {shape[2]} voxels, tiny model:")
+    for stage in ("reading_s", "model_s", "refining_s", "writing_s", "total_s"):
+        print(f"  {stage[:-2]:>9}: {timings[stage]:7.2f} s")
+    other = timings["total_s"] - timings["model_s"]
+    print(f"  model {timings['model_s']:.2f} s, everything else {other:.2f} s ({other / timings['total_s']:.0%})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=["small", "full"], default="small")
@@ -127,6 +147,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: tiny tensors gain nothing)")
     parser.add_argument("--mask-source", action="store_true", help="train briefly, compare instance vs semantic")
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--pipeline", action="store_true", help="time every stage of run_job")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -134,6 +155,8 @@ def main() -> None:
         model_dir = write_tiny_checkpoint(Path(tmp) / "tiny", seed=0)
         if args.mask_source:
             compare_mask_sources(model_dir, args.steps)
+        elif args.pipeline:
+            pipeline(model_dir, args.size, Path(tmp))
         else:
             throughput(model_dir, args.size, args.batches)
 

@@ -48,7 +48,8 @@ def main() -> None:
             phantom = generate_phantom(PhantomConfig(seed=11, size="full"))
             generated = time.perf_counter() - start
             folder = write_phantom(phantom, Path(tmp), vendor=VendorStyle("desc-t")).dicom_dir
-            print(f"phantom: generated in {generated:.1f} s, written in {time.perf_counter() - start - generated:.1f} s")
+            written = time.perf_counter() - start - generated
+            print(f"phantom: generated in {generated:.1f} s, written in {written:.1f} s")
         files = find_files(folder)
         print(f"{len(files)} files, {sum(f.stat().st_size for f in files) / 2**20:.0f} MiB")
         naive(files)  # warm the page cache
