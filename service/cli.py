@@ -1,7 +1,8 @@
 """The ``itvsam`` command line. Entry point only: it configures logging and output, the work lives in the packages.
 
 Exit codes: 0 success; 2 usage error; 3 an input (study, masks, template) is refused (the message names the problem);
-4 a path does not exist, or an output folder is not empty; 5 the model cannot be loaded.
+4 a path does not exist, or an output folder is not empty; 5 the model cannot be loaded; 6 a submitted job failed or
+was cancelled; 7 the service cannot be reached or refused the request (authentication, limits).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import shutil
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -43,6 +44,8 @@ EXIT_USAGE = 2
 EXIT_REFUSED = 3
 EXIT_PATH = 4
 EXIT_MODEL = 5
+EXIT_JOB_FAILED = 6
+EXIT_SERVICE = 7
 
 app = typer.Typer(help="itvsam: 4DCT to RTSTRUCT with SAM 3, phase-coherent refinement and the ITV.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -271,3 +274,119 @@ def merge(
     except ModelLoadError as exc:
         raise _fail(EXIT_MODEL, "model_unavailable", str(exc), False) from None
     console.print(f"merged into {out}: identity {identity.short}", highlight=False)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Gateway processes.")] = 1,
+) -> None:
+    """Run the HTTP gateway (FastAPI under uvicorn); configured by ITVSAM_* environment variables."""
+    import uvicorn
+
+    uvicorn.run("service.api.app:create_app", factory=True, host=host, port=port, workers=workers,
+                proxy_headers=True, timeout_keep_alive=30, log_level="info")
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(min=1, help="Worker processes (one per GPU).")] = 1,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork (a process per job slot) or solo.")] = "prefork",
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
+) -> None:
+    """Run a GPU worker: takes jobs from the queue, the model loaded once per process (ITVSAM_MODEL_DIR)."""
+    from pydantic import ValidationError
+
+    from service.settings import get_settings
+
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        raise _fail(EXIT_USAGE, "invalid_settings", str(exc), False) from None
+    if settings.model_dir is None or not (settings.model_dir / "config.json").is_file():
+        raise _fail(EXIT_MODEL, "model_unavailable", f"ITVSAM_MODEL_DIR must name a SAM 3 snapshot folder (with "
+                                                     f"config.json), got {settings.model_dir}", False)
+    from workers.celery_app import celery_app
+
+    celery_app.worker_main(["worker", "--queues", settings.queue, "--concurrency", str(concurrency), "--pool", pool,
+                            "--loglevel", loglevel, "--prefetch-multiplier", "1", "--without-mingle",
+                            "--without-gossip"])
+
+
+@app.command()
+def submit(
+    source: Annotated[Path, typer.Argument(help="The study: a folder of DICOM files or a zip of them.")],
+    url: Annotated[str, typer.Option(envvar="ITVSAM_URL", help="The gateway, e.g. http://host:8000.")],
+    token: Annotated[str | None, typer.Option(envvar="ITVSAM_TOKEN", help="API key.")] = None,
+    wait: Annotated[bool, typer.Option(help="Follow the job and download its result zip.")] = False,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Result zip (default: itvsam-ID.zip).")] = None,
+    options: Annotated[Path | None, typer.Option(help="Job options: a JSON file.")] = None,
+    force: Annotated[bool, typer.Option(help="A new job even if the same study already has one.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the job.")] = 3600.0,
+) -> None:
+    """Send a study to the itvsam service; with --wait, show its progress and download the result."""
+    import tempfile
+
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from service.client import Client, ServiceError, zip_study
+
+    if not source.exists():
+        raise _fail(EXIT_PATH, "not_found", f"no such file or folder: {source}", False)
+    job_options = json.loads(options.read_text()) if options else None
+    with tempfile.TemporaryDirectory(prefix="itvsam-submit-") as tmp, Client(url, token) as client:
+        try:
+            archive = zip_study(source, Path(tmp) / "study.zip")
+        except ValueError as exc:
+            raise _fail(EXIT_USAGE, "not_a_study", str(exc), False) from None
+        columns = (TextColumn("{task.description:<30}"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
+        try:
+            with Progress(*columns, console=errors, transient=True) as bar:
+                task = bar.add_task("uploading", total=archive.stat().st_size)
+                created = client.submit_zip(archive, job_options, force,
+                                            on_bytes=lambda n: bar.advance(task, n))
+        except ServiceError as exc:
+            code = EXIT_REFUSED if exc.status in (400, 409, 413, 415, 422) else EXIT_SERVICE
+            raise _fail(code, exc.code, str(exc), False) from None
+        job_id = created["id"]
+        console.print(f"job {job_id} {'created' if created['created'] else 'exists'}: {created['url']}",
+                      highlight=False)
+        if not wait:
+            return
+        try:
+            job = _follow(client, job_id, timeout)
+            if job["state"] != "succeeded":
+                error = job.get("error") or {"code": job["state"], "message": f"the job was {job['state']}"}
+                raise _fail(EXIT_JOB_FAILED, error["code"], error["message"], False)
+            path = client.download(job_id, out or Path(f"itvsam-{job_id}.zip"))
+        except ServiceError as exc:
+            raise _fail(EXIT_SERVICE, exc.code, str(exc), False) from None
+    console.print(f"job {job_id} succeeded in {job['timings'].get('run_s', 0):.1f} s: {path}", highlight=False)
+
+
+def _follow(client: Any, job_id: str, timeout: float) -> dict:
+    """Poll the job with a progress bar (stage, phase i/n) until it is finished."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description:<30}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=errors, transient=True) as bar:
+        task = bar.add_task("queued", total=1.0)
+
+        def show(job: dict) -> None:
+            phase = f" {job['phase']}/{job['phases']}" if job.get("phase") else ""
+            bar.update(task, completed=job["fraction"], description=f"{job['state']}: {job['stage']}{phase}")
+
+        return client.wait(job_id, show, timeout_s=timeout)
+
+
+@app.command()
+def apikey() -> None:
+    """Make a new API key: give the key to the client, add its hash to ITVSAM_API_KEY_HASHES of the gateway."""
+    import secrets
+
+    from service.settings import hash_api_key
+
+    key = secrets.token_urlsafe(32)
+    console.print(f"key:  {key}\nhash: {hash_api_key(key)}", highlight=False)

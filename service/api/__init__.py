@@ -1,0 +1,1 @@
+"""The HTTP gateway (FastAPI): jobs, STOW-RS, health and metrics. Imports no torch and no task code."""

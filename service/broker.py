@@ -1,0 +1,120 @@
+"""What gateway and workers keep in Redis besides Celery's queue: worker heartbeats and "job is in the queue" markers.
+
+Redis is only the queue: everything here can be lost (a Redis restart without persistence) and is rebuilt. A job's
+marker lives in the same Redis as its message, so both survive or both vanish; ``requeue_lost`` (run periodically
+by the gateway) sends again every queued job without a marker, and every running job whose worker's lease ran out
+while no message is left for it. Workers skip a message for a job that is finished or held by a live lease, so a
+message sent twice never runs a job twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from service.jobstore import JobStore
+from service.manifest import JobState
+
+logger = logging.getLogger(__name__)
+
+TASK_NAME = "itvsam.run_job"
+HEARTBEAT_PREFIX = "itvsam:worker:"
+MARKER_PREFIX = "itvsam:queued:"
+
+
+def marker_key(job_id: str) -> str:
+    return f"{MARKER_PREFIX}{job_id}"
+
+
+def heartbeat_key(worker: str) -> str:
+    return f"{HEARTBEAT_PREFIX}{worker}"
+
+
+@dataclass(frozen=True)
+class WorkerBeat:
+    """One worker process as its last heartbeat described it."""
+
+    worker: str
+    model_loaded: bool
+    identity: dict[str, Any]
+    device: str
+    job: str | None
+    at: float  # epoch seconds of the heartbeat
+    error: str | None = None
+
+    @property
+    def age_s(self) -> float:
+        return max(0.0, time.time() - self.at)
+
+
+def publish_heartbeat(client: redis.Redis, beat: WorkerBeat, ttl_s: float) -> None:
+    client.set(heartbeat_key(beat.worker), json.dumps(beat.__dict__), px=int(ttl_s * 1000))
+
+
+def read_heartbeats(client: redis.Redis) -> list[WorkerBeat]:
+    """Every worker whose heartbeat has not expired."""
+    keys = sorted(client.scan_iter(match=f"{HEARTBEAT_PREFIX}*", count=200))
+    beats = []
+    for raw in client.mget(keys) if keys else []:
+        if raw is not None:
+            data = json.loads(raw)
+            beats.append(WorkerBeat(**data))
+    return beats
+
+
+class JobQueue:
+    """Sends jobs to the workers by task name (the gateway imports no task code) and keeps the markers."""
+
+    def __init__(self, client: redis.Redis, send: Callable[[str], None], queue_name: str) -> None:
+        self.client = client
+        self._send = send
+        self.queue_name = queue_name
+
+    def enqueue(self, job_id: str) -> bool:
+        """Put the job in the queue unless its marker says it is there already. Returns whether a message was sent.
+        Raises ``redis.RedisError`` (or the broker's error) when Redis is unreachable: the job stays queued in its
+        manifest and ``requeue_lost`` sends it later."""
+        if not self.client.set(marker_key(job_id), str(time.time()), nx=True):
+            return False
+        try:
+            self._send(job_id)
+        except BaseException:
+            self.client.delete(marker_key(job_id))
+            raise
+        return True
+
+    def forget(self, job_id: str) -> None:
+        self.client.delete(marker_key(job_id))
+
+    def depth(self) -> int:
+        """Messages waiting in the queue (not those a worker holds)."""
+        return int(self.client.llen(self.queue_name))
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+
+    def workers(self) -> list[WorkerBeat]:
+        return read_heartbeats(self.client)
+
+    def requeue_lost(self, store: JobStore, now: float | None = None) -> list[str]:
+        """Send again the jobs the queue lost (see the module docstring). Returns their ids."""
+        now = time.time() if now is None else now
+        sent = []
+        for manifest in store.manifests():
+            lost_queued = manifest.state is JobState.QUEUED
+            lost_running = manifest.state is JobState.RUNNING and (manifest.lease_expires_at or 0.0) < now
+            if (lost_queued or lost_running) and not self.client.exists(marker_key(manifest.id)) \
+                    and self.enqueue(manifest.id):
+                logger.warning("job %s (%s) had no message in the queue: sent again", manifest.id,
+                               manifest.state.value)
+                sent.append(manifest.id)
+        return sent
