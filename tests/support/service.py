@@ -131,6 +131,8 @@ def wait_for(what: str, check: Callable[[], T | None], timeout_s: float, interva
     while time.monotonic() < deadline:
         try:
             value = check()
+        except AssertionError:
+            raise
         except Exception as exc:  # a server that is not up yet refuses connections
             last_error, value = exc, None
         if value:

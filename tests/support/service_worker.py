@@ -1,0 +1,22 @@
+"""The real worker app for ``celery -A tests.support.service_worker worker``, with a fault injected by the test:
+
+``ITVSAM_TEST_FAULT=crash``: every run of a job kills its worker process (SIGKILL, as the kernel's OOM killer would),
+after the job was claimed. Only the tests use this module; the service has no fault hooks of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from workers import tasks
+from workers.celery_app import celery_app
+
+if os.environ.get("ITVSAM_TEST_FAULT") == "crash":
+    def _crash(*_: object, **__: object) -> str:
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("unreachable")
+
+    tasks._run_claimed = _crash
+
+app = celery_app
