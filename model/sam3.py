@@ -7,6 +7,9 @@ in ours), the CLIP tokenizer (``vocab.json`` + ``merges.txt`` or ``tokenizer.jso
 Only safetensors are read (no pickle), only from disk (``local_files_only``). A checkpoint that leaves any parameter
 missing, or brings an unexpected or mis-shaped one, is refused.
 
+A model directory may also hold ``itvsam_model.json`` with a ``label`` (e.g. that it is a phantom model, not for
+patients); the label is part of the identity recorded with every result and is carried over by ``merge``.
+
 An adapter directory is peft's format (``adapter_config.json`` + ``adapter_model.safetensors``); it is merged into the
 base weights (``merge_and_unload``) in float32 before any cast, so inference runs on a plain ``Sam3Model``.
 """
@@ -28,6 +31,7 @@ from model.preprocess import ImageSpec
 logger = logging.getLogger(__name__)
 
 MERGE_RECORD = "itvsam_merge.json"
+MODEL_LABEL = "itvsam_model.json"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 _CHUNK = 16 << 20
@@ -42,12 +46,14 @@ class ModelIdentity:
     """What produced a result: SHA-256 of the config (canonical JSON), of the weight files, and of the adapter.
 
     ``merged_from`` is set for a checkpoint written by ``merge``: the identity of the base and adapter it came from.
+    ``label``: the model directory's label (``itvsam_model.json``), e.g. that it is a phantom model.
     """
 
     config_sha256: str
     weights_sha256: str
     adapter_sha256: str | None = None
     merged_from: dict[str, str | None] | None = None
+    label: str | None = None
 
     @property
     def short(self) -> str:
@@ -144,11 +150,14 @@ def model_identity(model_dir: str | Path, adapter_dir: str | Path | None = None)
     record = path / MERGE_RECORD
     if record.is_file():
         merged_from = json.loads(record.read_text(encoding="utf-8"))
+    label_file = path / MODEL_LABEL
+    label = json.loads(label_file.read_text(encoding="utf-8")).get("label") if label_file.is_file() else None
     return ModelIdentity(
         config_sha256=_canonical_json_sha256(path / "config.json", ("transformers_version", "_name_or_path")),
         weights_sha256=_sha256_files(_weight_files(path)),
         adapter_sha256=adapter_sha256(adapter_dir) if adapter_dir is not None else None,
         merged_from=merged_from,
+        label=label,
     )
 
 
@@ -226,7 +235,7 @@ def merge(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, *,
         shutil.rmtree(out)
     out.mkdir(parents=True)
     merged.save_pretrained(out, safe_serialization=True)
-    for name in TOKENIZER_FILES + PROCESSOR_FILES:
+    for name in (*TOKENIZER_FILES, *PROCESSOR_FILES, MODEL_LABEL):
         if (base / name).is_file():
             shutil.copy2(base / name, out / name)
     record = {"base_config_sha256": base_identity.config_sha256,

@@ -390,3 +390,198 @@ def apikey() -> None:
 
     key = secrets.token_urlsafe(32)
     console.print(f"key:  {key}\nhash: {hash_api_key(key)}", highlight=False)
+
+
+# --- training, evaluation and the demo (model/training.py, model/evaluate.py, workers/demo.py) ----------------------
+
+
+class TrainModeOption(StrEnum):
+    LORA = "lora"
+    FULL = "full"
+
+
+def _torch_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder: best/ (adapter or model), checkpoint/.")],
+    data: Annotated[list[Path] | None, typer.Option(help="Folder of annotated studies (CT + RTSTRUCT, or phantom "
+                                                         "CT + truth.npz); repeatable.")] = None,
+    val_data: Annotated[list[Path] | None, typer.Option(help="Held-out annotated studies for validation.")] = None,
+    phantom_seeds: Annotated[str | None, typer.Option(help="Train on in-memory phantoms, e.g. 100-107.")] = None,
+    val_seeds: Annotated[str | None, typer.Option(help="Validate on in-memory phantoms, e.g. 200.")] = None,
+    model: Annotated[Path | None, typer.Option(help="Starting SAM 3 snapshot (LoRA base).")] = None,
+    from_scratch: Annotated[bool, typer.Option(help="Start from an initialised tiny-architecture model.")] = False,
+    image_size: Annotated[int, typer.Option(help="Input size of a model trained from scratch (multiple of 14).")]
+    = 224,
+    mode: Annotated[TrainModeOption, typer.Option(help="lora: LoRA on the ViT attention; full: every weight.")]
+    = TrainModeOption.LORA,
+    rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+    targets: Annotated[str, typer.Option(help="LoRA attention projections, comma-separated.")] = "q_proj,k_proj,v_proj,"
+                                                                                                  "o_proj",
+    mlp: Annotated[bool, typer.Option(help="Also LoRA on the ViT MLP.")] = False,
+    steps: Annotated[int, typer.Option(min=1)] = 1000,
+    epoch_steps: Annotated[int, typer.Option(min=1, help="Steps between mining re-rank, validation, checkpoint.")]
+    = 100,
+    slices: Annotated[int, typer.Option(min=1, help="Slices per step (every structure decoded on each).")] = 4,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-3,
+    seed: Annotated[int, typer.Option(help="Sampling, augmentation and initialisation seed.")] = 0,
+    hard_negatives: Annotated[bool, typer.Option(help="Negatives (absent / other structures' slices) and online "
+                                                      "hard mining.")] = True,
+    augment: Annotated[bool, typer.Option(help="CT augmentation (rotation, scale, HU jitter, noise).")] = True,
+    template: Annotated[Path | None, typer.Option(help="Site template (YAML/JSON); default: thoracic.")] = None,
+    mapping: Annotated[Path | None, typer.Option(help="Structure name mapping (YAML: map, ignore).")] = None,
+    label: Annotated[str | None, typer.Option(help="Label of a fully trained model (itvsam_model.json).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.")] = False,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    device: Annotated[Device, typer.Option(help="Compute device (cuda: bf16 autocast).")] = Device.CPU,
+) -> None:
+    """Train SAM 3 on annotated CT (LoRA, or full training from scratch) with hard negative mining and validation."""
+    import sys
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from model.datasets import AnnotationError, NameMapping
+    from model.lora import LoraSettings
+    from model.mining import MiningSettings
+    from model.recipes import TrainingData, parse_seeds, train_model
+    from model.sam3 import ModelLoadError
+    from model.samples import AugmentSettings
+    from model.training import TrainSettings
+
+    _torch_threads(threads)
+    if (model is None) == (not from_scratch):
+        raise _fail(EXIT_USAGE, "usage", "give either --model DIR or --from-scratch", False)
+    try:
+        specs = load_template(template) if template else thoracic_template()
+        source = TrainingData(data=tuple(data or ()), val_data=tuple(val_data or ()),
+                              phantom_seeds=parse_seeds(phantom_seeds), val_seeds=parse_seeds(val_seeds),
+                              mapping=NameMapping.from_file(mapping) if mapping else NameMapping())
+        if not source.data and not source.phantom_seeds:
+            raise ValueError("no training data: give --data and/or --phantom-seeds")
+        settings = TrainSettings(
+            mode=mode.value, steps=steps, epoch_steps=epoch_steps, slices=slices, lr=lr, seed=seed, label=label,
+            lora=LoraSettings(rank=rank, alpha=2.0 * rank, attention=tuple(t for t in targets.split(",") if t),
+                              mlp=mlp),
+            mining=MiningSettings() if hard_negatives else MiningSettings(negatives=False, companions=False,
+                                                                          online=False),
+            augment=AugmentSettings(enabled=augment))
+    except (ValueError, RTError) as exc:
+        raise _fail(EXIT_USAGE, "invalid_training", str(exc), False) from None
+    columns = (TextColumn("{task.description:<44}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=errors) as bar:
+        task = bar.add_task("loading data", total=steps)
+        shown = {"val": ""}
+
+        def show(p) -> None:
+            if p.validation:
+                shown["val"] = f" val Dice {p.validation['mean']['dice']:.3f}"
+            bar.update(task, completed=p.step, description=f"epoch {p.epoch} loss {p.mean_loss:.3f}{shown['val']}")
+
+        try:
+            result = train_model(out, source, specs, settings, model_dir=model, image_size=image_size,
+                                 init_seed=seed, resume=resume, device=device.value, progress=show,
+                                 command=" ".join(["itvsam", *sys.argv[1:]]))
+        except (AnnotationError, StudyError, RTError) as exc:
+            raise _fail(EXIT_REFUSED, getattr(exc, "code", "invalid_data"), str(exc), False) from None
+        except (ModelLoadError, FileNotFoundError) as exc:
+            raise _fail(EXIT_MODEL, "model_unavailable", str(exc), False) from None
+        except FileExistsError as exc:
+            raise _fail(EXIT_PATH, "output_exists", str(exc), False) from None
+    metrics = result.best_metrics
+    console.print(f"best (epoch {result.best_epoch}) saved to {result.best_dir} after {result.seconds:.0f} s",
+                  highlight=False)
+    for name, values in metrics.items():
+        if name != "mean":
+            console.print(f"  {name}: Dice {values['dice']:.3f}, HD95 {values['hd95_mm']:.1f} mm", highlight=False)
+
+
+@app.command(name="eval")
+def eval_command(
+    data: Annotated[list[Path], typer.Option(help="Folder of annotated studies (CT + RTSTRUCT, or phantom).")],
+    model: Annotated[Path, typer.Option(help="SAM 3 snapshot directory.")],
+    adapter: Annotated[Path | None, typer.Option(help="LoRA adapter (peft) merged on load.")] = None,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Folder for eval.csv and eval.json.")] = None,
+    refine: Annotated[bool, typer.Option(help="Refine like the pipeline (temporal filter, connectivity); else "
+                                              "threshold 0.5.")] = True,
+    template: Annotated[Path | None, typer.Option(help="Site template (YAML/JSON); default: thoracic.")] = None,
+    mapping: Annotated[Path | None, typer.Option(help="Structure name mapping (YAML: map, ignore).")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    device: Annotated[Device, typer.Option(help="Compute device.")] = Device.CPU,
+) -> None:
+    """Score a model on annotated studies: Dice, HD95, volume error, false-positive slices per structure and phase."""
+    from model.datasets import AnnotationError, NameMapping, load_annotated
+    from model.evaluate import evaluate, summarise, write_report
+    from model.sam3 import ModelLoadError
+    from workers.pipeline import load_engine
+
+    _torch_threads(threads)
+    try:
+        specs = load_template(template) if template else thoracic_template()
+        volumes = load_annotated(data, specs, NameMapping.from_file(mapping) if mapping else NameMapping())
+    except (AnnotationError, StudyError, RTError) as exc:
+        raise _fail(EXIT_REFUSED, getattr(exc, "code", "invalid_data"), str(exc), False) from None
+    try:
+        engine = load_engine(model, adapter, device=device.value)
+    except (ModelLoadError, OSError) as exc:
+        raise _fail(EXIT_MODEL, "model_unavailable", str(exc), False) from None
+    rows = evaluate(engine.predictor, volumes, specs, refine=refine)
+    table = Table(title=f"{len({r.study for r in rows})} stud(ies), {'refined' if refine else 'threshold 0.5'}")
+    for column in ("study", "structure", "phase", "Dice", "HD95 mm", "volume ml", "truth ml", "vol. err %", "FP sl."):
+        table.add_column(column, justify="left" if column in ("study", "structure") else "right")
+    for r in rows:
+        table.add_row(escape(r.study), r.structure, r.phase, f"{r.dice:.3f}", f"{r.hd95_mm:.1f}", f"{r.volume_ml:.1f}",
+                      f"{r.truth_ml:.1f}", f"{r.volume_error_pct:+.1f}", str(r.fp_slices))
+    console.print(table)
+    for s in summarise(rows):
+        console.print(f"  {s['structure']}: Dice {s['dice']:.3f}, HD95 {s['hd95_mm']:.1f} mm, |volume error| "
+                      f"{s['abs_volume_error_pct']:.1f} %, false-positive slices {s['fp_slices']} ({s['n']} rows)",
+                      highlight=False)
+    if out is not None:
+        csv_path, json_path = write_report(rows, out, {"model": engine.identity, "data": [str(d) for d in data],
+                                                       "refine": refine})
+        console.print(f"wrote {csv_path} and {json_path}", highlight=False)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (new or empty).")] = Path("out/demo"),
+    seed: Annotated[int, typer.Option(min=0, help="Phantom seed (never one the phantom model was trained on).")] = 7,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+) -> None:
+    """The main job on a phantom 4DCT with the shipped phantom model; prints Dice/HD95 against the phantom's truth."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from workers.demo import run_demo
+
+    _torch_threads(threads)
+    _empty_output(out, force=None)
+    columns = (TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=errors) as bar:
+        task = bar.add_task("phantom", total=1.0)
+
+        def show(progress) -> None:
+            bar.update(task, completed=progress.fraction, description=progress.message[:28])
+
+        try:
+            result = run_demo(out, seed=seed, progress=show)
+        except ValueError as exc:
+            raise _fail(EXIT_USAGE, "invalid_seed", str(exc), False) from None
+    model = result.summary["model"]
+    console.print(f"[bold]demo[/]: phantom seed {seed} (10 phases, artefacts), model {model['short']} "
+                  f"({escape(str(model.get('label') or 'unlabelled'))})", highlight=False)
+    table = Table(title="contours delivered (RTSTRUCT read back) vs phantom truth, mean over phases")
+    for column in ("structure", "Dice", "HD95 mm"):
+        table.add_column(column, justify="left" if column == "structure" else "right")
+    for name, values in result.structures.items():
+        table.add_row(name, f"{values['dice']:.3f}", f"{values['hd95_mm']:.1f}")
+    console.print(table)
+    console.print(f"outputs in {out / 'result'}, metrics in {out / 'demo_metrics.json'}; {result.seconds:.0f} s",
+                  highlight=False)
