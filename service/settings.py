@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     adapter_dir: Path | None = None
     device: str = "cuda"
+    model_load_timeout_s: float = Field(600.0, gt=0)  # a worker process that has not loaded its model by then is killed
     job_soft_time_limit_s: float = Field(3600.0, gt=0)  # the job is failed with `time_limit` after this
     job_time_limit_s: float = Field(3900.0, gt=0)  # the worker process is killed after this
     visibility_timeout_s: float = Field(7200.0, gt=0)  # a message unacknowledged this long goes back to the queue

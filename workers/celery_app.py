@@ -38,6 +38,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
         "worker_concurrency": 1,
+        # A pool process loads the model in worker_process_init before it reports up (Celery's default wait: 4 s).
+        "worker_proc_alive_timeout": settings.model_load_timeout_s,
         "task_soft_time_limit": settings.job_soft_time_limit_s,
         "task_time_limit": settings.job_time_limit_s,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
