@@ -128,7 +128,8 @@ class JobStore:
             raise JobNotFoundError(f"no job {job_id}")
         with _locked(folder / ".lock"):
             manifest = self.read(job_id)
-            changed = change(manifest) or manifest
+            returned = change(manifest)
+            changed = returned if isinstance(returned, Manifest) else manifest
             changed.updated_at = time.time()
             self._write(changed)
             return changed
