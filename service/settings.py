@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     heartbeat_ttl_s: float = Field(30.0, gt=0)  # a worker whose heartbeat is older is gone
     unacked_restore_interval_s: float = Field(10.0, gt=0)  # how often workers look for abandoned messages
 
+    @field_validator("model_dir", "adapter_dir", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("api_key_hashes", mode="before")
     @classmethod
     def _split_hashes(cls, value: object) -> object:
