@@ -4,7 +4,8 @@ Two drivers call ``run_job``: ``itvsam run`` (in-process, with a progress bar) a
 job manifest). Stages hand typed data to the next; only the input folder is read and only ``out_dir`` is written:
 
 ``reading``     ``scan_study`` + ``load_study`` (refusals raise ``StudyError``: bad input, never retried)
-``segmenting``  the slice predictor on every phase: per structure a (phase, z, y, x) probability
+``segmenting``  the slice predictor on every phase: per structure a (phase, z, y, x) mask (probability ≥ threshold,
+                thresholded phase by phase so that a full-size study holds bool, not float, volumes)
 ``refining``    ``refine_structure`` per structure (phase-coherent temporal filter on a 4DCT, connectivity per spec),
                 then volumes, centroids and motion per phase
 ``writing``     AIP/MIP series the study lacks, RTSTRUCTs (per phase, reference with ITV, combined), DICOM SEG per
@@ -61,7 +62,8 @@ class JobOptions:
     """What a job makes. ``template``: the structures (default thoracic: GTV with ITV, lungs, heart). ``mode``: which
     RTSTRUCTs. ``seg``: DICOM SEG per phase. ``projections``: write the AIP/MIP the study lacks (the reference
     RTSTRUCT then goes on the new AIP). ``study``: the study to use when the input holds several (UID or hash).
-    ``reference_percent``: the reference phase when there is no AIP. ``temporal``: the phase-coherent filter."""
+    ``reference_percent``: the reference phase when there is no AIP. ``threshold``: on the predicted probability.
+    ``temporal``: the phase-coherent filter."""
 
     template: tuple[StructureSpec, ...] = field(default_factory=thoracic_template)
     mode: OutputMode = OutputMode.ALL
@@ -69,6 +71,7 @@ class JobOptions:
     projections: bool = True
     study: str | None = None
     reference_percent: float = 50.0
+    threshold: float = 0.5
     temporal: TemporalSettings = field(default_factory=TemporalSettings)
 
     def to_json(self) -> dict[str, Any]:
@@ -81,6 +84,7 @@ class JobOptions:
             "projections": self.projections,
             "study": self.study,
             "reference_percent": self.reference_percent,
+            "threshold": self.threshold,
             "temporal": {k: getattr(self.temporal, k) for k in self.temporal.__dataclass_fields__},
         }
 
@@ -151,12 +155,12 @@ def run_job(study_dir: Path, out_dir: Path, engine: Engine, options: JobOptions 
     logger.info("study %s: %d phase(s) read", index.study_hash, len(study.phases))
 
     start = time.perf_counter()
-    probabilities = _segment(study, options.template, engine, report)
+    predicted = _segment(study, options, engine, report)
     timings["model_s"] = time.perf_counter() - start
 
     report("refining", 0.0, "phase-coherent filtering and connectivity")
     start = time.perf_counter()
-    refined, structures = _refine(study, options, probabilities)
+    refined, structures = _refine(study, options, predicted)
     timings["refining_s"] = time.perf_counter() - start
 
     report("writing", 0.0, "writing DICOM-RT outputs")
@@ -212,24 +216,23 @@ class _Reporter:
         self.callback(Progress(stage, round(low + (high - low) * within, 4), phase, phases, message))
 
 
-def _segment(study: Study4D, template: tuple[StructureSpec, ...], engine: Engine,
-             report: _Reporter) -> dict[str, np.ndarray]:
-    """Per structure a (phase, z, y, x) float32 probability from the slice predictor, phase by phase."""
-    prompts = {spec.name: spec.prompts for spec in template}
+def _segment(study: Study4D, options: JobOptions, engine: Engine, report: _Reporter) -> dict[str, np.ndarray]:
+    """Per structure a (phase, z, y, x) bool mask: the slice predictor's probability ≥ ``options.threshold``."""
+    prompts = {spec.name: spec.prompts for spec in options.template}
     n = len(study.phases)
     shape = (n, *study.phases[0].geometry.shape)
-    probabilities = {name: np.zeros(shape, dtype=np.float32) for name in prompts}
+    masks = {name: np.zeros(shape, dtype=bool) for name in prompts}
     for k, phase in enumerate(study.phases):
         def on_batch(done: int, total: int, k: int = k, label: str = phase.label) -> None:
             report("segmenting", (k + done / total) / n, f"phase {label}: {done}/{total} slices", k + 1, n)
 
         report("segmenting", k / n, f"phase {phase.label}", k + 1, n)
         for name, prediction in engine.predictor.predict(phase.volume, prompts, progress=on_batch).items():
-            probabilities[name][k] = prediction.probability
-    return probabilities
+            masks[name][k] = prediction.probability >= options.threshold
+    return masks
 
 
-def _refine(study: Study4D, options: JobOptions, probabilities: dict[str, np.ndarray]
+def _refine(study: Study4D, options: JobOptions, predicted: dict[str, np.ndarray]
             ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Refined (phase, z, y, x) masks per structure, and per structure its volumes, centroids, motion and report."""
     geometry = study.phases[0].geometry
@@ -239,7 +242,7 @@ def _refine(study: Study4D, options: JobOptions, probabilities: dict[str, np.nda
     for spec in options.template:
         settings = RefineSettings(temporal=temporal, connectivity=ConnectivitySettings(
             min_volume_ml=spec.min_volume_ml, max_components=spec.components))
-        masks = refine_structure(spec.name, probabilities[spec.name], geometry, settings)
+        masks = refine_structure(spec.name, predicted[spec.name], geometry, settings)
         refined[spec.name] = masks.refined
         moved = motion(masks.refined, geometry)
         structures[spec.name] = {
