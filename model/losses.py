@@ -20,11 +20,16 @@ _LOG_ONE = math.log1p(-1e-6)
 @dataclass(frozen=True)
 class LossSettings:
     """Weights of the loss terms. ``focal_gamma`` > 0 replaces BCE by the focal loss with that exponent.
-    ``dice_smooth``: added to numerator and denominator of the soft Dice (an empty target then asks for Σp → 0)."""
+    ``balance`` in [0, 1]: share of the pixel loss that is class-balanced (the mean over target pixels and the mean
+    over background pixels, equally weighted) instead of the plain mean over pixels; without it a 2 cm tumour (a few
+    pixels of the mask grid) is outweighed by its background and the map collapses to 0 (measured: GTV Dice 0 after
+    1000 steps from scratch with ``balance=0``). ``dice_smooth``: added to numerator and denominator of the soft
+    Dice (an empty target then asks for Σp → 0)."""
 
     dice_weight: float = 1.0
     bce_weight: float = 1.0
     focal_gamma: float = 0.0
+    balance: float = 0.5
     presence_weight: float = 0.5
     semantic_weight: float = 1.0
     instance_weight: float = 1.0
@@ -38,7 +43,14 @@ def _mask_loss(log_p: torch.Tensor, log_q: torch.Tensor, target: torch.Tensor, s
     if settings.focal_gamma > 0:
         pixel = -(target * (1 - p).pow(settings.focal_gamma) * log_p + (1 - target) * p.pow(settings.focal_gamma)
                   * log_q)
-    bce = pixel.flatten(1).mean(1)
+    pixel, target_flat = pixel.flatten(1), target.flatten(1)
+    bce = pixel.mean(1)
+    if settings.balance > 0:
+        on, off = target_flat.sum(1), (1 - target_flat).sum(1)
+        balanced = 0.5 * (pixel * target_flat).sum(1) / on.clamp(min=1e-6) \
+            + 0.5 * (pixel * (1 - target_flat)).sum(1) / off.clamp(min=1e-6)
+        balanced = torch.where(on > 0, balanced, bce)
+        bce = (1 - settings.balance) * bce + settings.balance * balanced
     overlap = (p * target).flatten(1).sum(1)
     total = p.flatten(1).sum(1) + target.flatten(1).sum(1)
     dice = 1 - (2 * overlap + settings.dice_smooth) / (total + settings.dice_smooth)

@@ -4,8 +4,9 @@ Anchor items are drawn with probability proportional to ``base weight × hardnes
 
 - base weight: positives (the structure is on the slice) share ``1 − negative_fraction`` of the mass and negatives
   (``ItemKind.ABSENT``: negative a; ``ItemKind.CROSS``: negative b) share ``negative_fraction``; within each pool
-  every structure gets the same share (a 2 cm tumour is on few slices, the lungs on most), and every item of a
-  (pool, structure) group the same weight. ``negatives=False`` draws positives only.
+  every structure gets the same share (a 2 cm tumour is on few slices, the lungs on most; positives may be weighted
+  per structure, ``structure_weights``), and every item of a (pool, structure) group the same weight.
+  ``negatives=False`` draws positives only.
 - online mining (``online``): ``record`` keeps, per item, an exponential moving average of its loss when it was last
   trained on (for a negative the loss is its false-positive score: the mask loss against an empty target plus the
   presence loss). At each ``new_epoch`` the items of each pool are ranked by that loss and the hardest
@@ -26,7 +27,8 @@ from model.samples import ItemKind
 @dataclass(frozen=True)
 class MiningSettings:
     """See the module docstring. ``companions``: also decode every other structure's prompt on an anchor's slice
-    (negatives b and positives of the others, at the cost of one image encoding)."""
+    (negatives b and positives of the others, at the cost of one image encoding). ``structure_weights``: relative
+    share of a structure's positives (default 1; the small tumour gets 2)."""
 
     negatives: bool = True
     negative_fraction: float = 0.35
@@ -35,6 +37,7 @@ class MiningSettings:
     hard_fraction: float = 0.2
     oversample: float = 4.0
     ema: float = 0.5
+    structure_weights: tuple[tuple[str, float], ...] = (("GTV", 2.0),)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.negative_fraction < 1.0:
@@ -50,10 +53,12 @@ class HardNegativeSampler:
     """Draws anchor items (see the module docstring). ``kinds``: (n,) ``ItemKind`` per item; ``structures``: (n,)
     template position per item."""
 
-    def __init__(self, kinds: np.ndarray, structures: np.ndarray, settings: MiningSettings) -> None:
+    def __init__(self, kinds: np.ndarray, structures: np.ndarray, settings: MiningSettings,
+                 positive_share: np.ndarray | None = None) -> None:
         self.kinds = np.asarray(kinds)
         self.structures = np.asarray(structures)
         self.settings = settings
+        self.positive_share = positive_share  # (n_structures,) relative share of each structure's positives
         self.positive = self.kinds == ItemKind.POSITIVE
         self.base = self._base_weights()
         self.hardness = np.full(len(self.kinds), np.nan)
@@ -64,11 +69,14 @@ class HardNegativeSampler:
         pools = [(self.positive, 1.0 - self.settings.negative_fraction if self.settings.negatives else 1.0)]
         if self.settings.negatives:
             pools.append((~self.positive, self.settings.negative_fraction))
-        for pool, mass in pools:
+        for k, (pool, mass) in enumerate(pools):
             groups = np.unique(self.structures[pool])
-            for s in groups:
+            share = np.ones(len(groups))
+            if k == 0 and self.positive_share is not None:
+                share = np.asarray(self.positive_share, dtype=np.float64)[groups]
+            for s, part in zip(groups, share / share.sum(), strict=True):
                 members = pool & (self.structures == s)
-                weights[members] = mass / len(groups) / members.sum()
+                weights[members] = mass * part / members.sum()
         if weights.sum() == 0:
             raise ValueError("no item to sample: the data has no slice with a structure on it")
         return weights / weights.sum()

@@ -199,7 +199,9 @@ class Trainer:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=settings.lr, weight_decay=settings.weight_decay)
         self.index = SampleIndex.build(self.train_volumes, self.names)
-        self.sampler = HardNegativeSampler(self.index.kind, self.index.structure, settings.mining)
+        weights = dict(settings.mining.structure_weights)
+        self.sampler = HardNegativeSampler(self.index.kind, self.index.structure, settings.mining,
+                                           np.array([weights.get(n, 1.0) for n in self.names]))
         self.rng = np.random.default_rng(settings.seed)
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.step_count = 0

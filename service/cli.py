@@ -400,6 +400,21 @@ class TrainModeOption(StrEnum):
     FULL = "full"
 
 
+def _command_line(context: Any) -> str:
+    """The command as it could be typed again, from the parsed options (recorded with a training result)."""
+    words = ["itvsam", context.info_name]
+    for name, value in context.params.items():
+        option = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(option if value else "--no-" + name.replace("_", "-"))
+        elif isinstance(value, list | tuple):
+            words += [f"{option} {item}" for item in value]
+        elif value is not None:
+            text = str(getattr(value, "value", value))
+            words.append(f"{option} {json.dumps(text) if ' ' in text else text}")
+    return " ".join(words)
+
+
 def _torch_threads(threads: int | None) -> None:
     if threads:
         import torch
@@ -409,6 +424,7 @@ def _torch_threads(threads: int | None) -> None:
 
 @app.command()
 def train(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder: best/ (adapter or model), checkpoint/.")],
     data: Annotated[list[Path] | None, typer.Option(help="Folder of annotated studies (CT + RTSTRUCT, or phantom "
                                                          "CT + truth.npz); repeatable.")] = None,
@@ -442,8 +458,6 @@ def train(
     device: Annotated[Device, typer.Option(help="Compute device (cuda: bf16 autocast).")] = Device.CPU,
 ) -> None:
     """Train SAM 3 on annotated CT (LoRA, or full training from scratch) with hard negative mining and validation."""
-    import sys
-
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from model.datasets import AnnotationError, NameMapping
@@ -487,7 +501,7 @@ def train(
         try:
             result = train_model(out, source, specs, settings, model_dir=model, image_size=image_size,
                                  init_seed=seed, resume=resume, device=device.value, progress=show,
-                                 command=" ".join(["itvsam", *sys.argv[1:]]))
+                                 command=_command_line(ctx))
         except (AnnotationError, StudyError, RTError) as exc:
             raise _fail(EXIT_REFUSED, getattr(exc, "code", "invalid_data"), str(exc), False) from None
         except (ModelLoadError, FileNotFoundError) as exc:

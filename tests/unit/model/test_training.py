@@ -44,7 +44,7 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(scratch_dir: Path, tmp_pat
         trainer.step(batch)
     with torch.no_grad():
         after = trainer.batch_losses(batch).mean().item()
-    assert after < 0.75 * before, (before, after)
+    assert after < 0.9 * before, (before, after)
 
 
 def test_augmentation_moves_masks_with_the_ct_and_is_seeded() -> None:
