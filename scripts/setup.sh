@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-declare -A tool_package=([storescu]=dcmtk [dciodvfy]=dicom3tools [plastimatch]=plastimatch)
+declare -A tool_package=([storescu]=dcmtk [dciodvfy]=dicom3tools [plastimatch]=plastimatch [redis-server]=redis-server
+                        [docker-compose]=docker-compose)
 missing=()
 for tool in "${!tool_package[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("${tool_package[$tool]}")
@@ -23,5 +24,6 @@ fi
 python=${PYTHON:-python3.11}
 command -v "$python" >/dev/null 2>&1 || python=python3
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[engine,test]"
-.venv/bin/python -c "import dicomrt, service.cli, model.sam3, workers.pipeline" # fail here if the install is broken
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[engine,gateway,worker,test]"
+# fail here, not in the tests, if the install is broken
+.venv/bin/python -c "import dicomrt, service.cli, model.sam3, workers.pipeline, service.api.app, workers.tasks"
