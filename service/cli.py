@@ -249,6 +249,8 @@ def run(
         amplitude = structure["amplitude_mm"]
         console.print(f"  {name}: volume {min(structure['volumes_ml']):.1f}-{max(structure['volumes_ml']):.1f} ml, "
                       f"motion LR {amplitude['x']} AP {amplitude['y']} SI {amplitude['z']} mm", highlight=False)
+    for flag in summary["flags"]:
+        console.print(f"[yellow]check[/]: {escape(flag)}", highlight=False)
 
 
 def _clear(out: Path) -> None:

@@ -187,6 +187,7 @@ def run_job(study_dir: Path, out_dir: Path, engine: Engine, options: JobOptions 
         "study": index_summary(index),
         "reference_rtstruct_series": (reference or index.reference).label,
         "structures": structures,
+        "flags": _flags(structures),
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "outputs": {
             "rtstruct": [p.name for p in rtstructs],
@@ -255,6 +256,22 @@ def _refine(study: Study4D, options: JobOptions, predicted: dict[str, np.ndarray
             structures[spec.name]["itv"] = {"name": spec.itv_name,
                                             "volume_ml": round(float(itv.sum()) * _voxel_ml(geometry), 4)}
     return refined, structures
+
+
+def _flags(structures: dict[str, Any]) -> list[str]:
+    """What a physicist should look at before using the contours: empty phases, refilled phases, removed artefacts."""
+    flags = []
+    for name, summary in structures.items():
+        phases, report = summary["phases"], summary["refinement"]
+        empty = [phases[k] for k, v in enumerate(summary["volumes_ml"]) if v == 0]
+        if empty:
+            flags.append(f"{name}: empty in {len(empty)} of {len(phases)} phase(s) ({', '.join(empty)})")
+        if report["filled_phases"]:
+            flags.append(f"{name}: missing in phase(s) {', '.join(phases[k] for k in report['filled_phases'])}, "
+                         f"filled by interpolation between neighbouring phases")
+        if sum(report["removed_temporal"]):
+            flags.append(f"{name}: {sum(report['removed_temporal'])} component(s) present in too few phases removed")
+    return flags
 
 
 def _voxel_ml(geometry) -> float:

@@ -40,6 +40,7 @@ def test_run_writes_every_output_dciodvfy_clean(inputs, tmp_path, one_torch_thre
     assert summary["model"]["short"] == summary["model"]["short"].lower()
     assert set(summary["structures"]) == {"GTV", "Lung_L", "Lung_R", "Heart"}
     assert summary["timings"]["model_s"] > 0
+    assert isinstance(summary["flags"], list)
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     reference = pydicom.dcmread(out / "RS_reference.dcm")
     assert reference.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[

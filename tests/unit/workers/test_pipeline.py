@@ -1,0 +1,32 @@
+import pytest
+
+from dicomrt.rt_outputs import OutputMode
+from dicomrt.structures import thoracic_template
+from model.refine import TemporalSettings
+from workers.pipeline import JobOptions
+
+
+def test_job_options_round_trip_through_json():
+    options = JobOptions(template=thoracic_template()[:2], mode=OutputMode.REFERENCE, seg=False, study="abc",
+                         temporal=TemporalSettings(min_phases=4))
+    again = JobOptions.from_json(options.to_json())
+    assert again == options
+
+
+def test_unknown_job_option_is_refused():
+    with pytest.raises(ValueError, match=r"unknown job option\(s\) \['colour'\]"):
+        JobOptions.from_json({"colour": "red"})
+
+
+def test_flags_name_empty_filled_and_removed():
+    from workers.pipeline import _flags
+
+    structures = {"GTV": {"phases": ["0%", "50%", "90%"], "volumes_ml": [3.1, 0.0, 2.9],
+                          "refinement": {"filled_phases": [2], "removed_temporal": [0, 2, 1]}},
+                  "Heart": {"phases": ["0%", "50%", "90%"], "volumes_ml": [600.0, 610.0, 605.0],
+                            "refinement": {"filled_phases": [], "removed_temporal": [0, 0, 0]}}}
+    assert _flags(structures) == [
+        "GTV: empty in 1 of 3 phase(s) (50%)",
+        "GTV: missing in phase(s) 90%, filled by interpolation between neighbouring phases",
+        "GTV: 3 component(s) present in too few phases removed",
+    ]
