@@ -20,6 +20,7 @@ import redis
 
 from service.jobstore import JobStore
 from service.manifest import JobState
+from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -118,3 +119,11 @@ class JobQueue:
                                manifest.state.value)
                 sent.append(manifest.id)
         return sent
+
+
+def celery_queue(settings: Settings) -> JobQueue:
+    """The queue of the gateway, the listener and ``itvsam submit-dir``: Celery on Redis, by task name."""
+    from workers.celery_app import job_sender  # Celery only: no task code is imported
+
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    return JobQueue(client, job_sender(settings), settings.queue)

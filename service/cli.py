@@ -601,3 +601,135 @@ def demo(
     console.print(table)
     console.print(f"outputs in {out / 'result'}, metrics in {out / 'demo_metrics.json'}; {result.seconds:.0f} s",
                   highlight=False)
+
+
+# --- DICOM networking: the listener, the storescp hook, destinations (service/dicom) ---------------------------------
+
+
+def _service_settings() -> Any:
+    from pydantic import ValidationError
+
+    from service.settings import get_settings
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        raise _fail(EXIT_USAGE, "invalid_settings", str(exc), False) from None
+
+
+@app.command()
+def scp(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default ITVSAM_SCP_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="Port (default ITVSAM_SCP_PORT).")] = None,
+) -> None:
+    """Run the DICOM listener: C-STORE of CT from allowed peers, a job per complete 4DCT, results sent back to the
+    configured destinations; configured by ITVSAM_* environment variables. Stops on SIGTERM or Ctrl-C."""
+    import signal
+    import threading
+
+    from service.broker import celery_queue
+    from service.dicom.scp import start_listener
+
+    settings = _service_settings()
+    changes = {k: v for k, v in (("scp_host", host), ("scp_port", port)) if v is not None}
+    settings = settings.model_copy(update=changes) if changes else settings
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        listener = start_listener(settings, celery_queue(settings))
+    except OSError as exc:
+        raise _fail(EXIT_SERVICE, "cannot_listen", f"cannot listen on {settings.scp_host}:{settings.scp_port}: "
+                                                   f"{exc}", False) from None
+    console.print(f"listening as {settings.scp_ae_title} on {settings.scp_host}:{listener.port}", highlight=False)
+    stop.wait()
+    listener.shutdown()
+
+
+@app.command(name="submit-dir")
+def submit_dir(
+    folder: Annotated[Path, typer.Argument(help="A study's folder, e.g. storescp's #p.")],
+    url: Annotated[str | None, typer.Option(envvar="ITVSAM_URL", help="The gateway, e.g. http://host:8000.")] = None,
+    token: Annotated[str | None, typer.Option(envvar="ITVSAM_TOKEN", help="API key.")] = None,
+    direct: Annotated[bool, typer.Option(envvar="ITVSAM_SUBMIT_DIRECT", help="Put the job into the store and the "
+                                                                            "queue directly, not through the gateway.")]
+    = False,
+    calling_ae: Annotated[str | None, typer.Option(help="The AE title that sent the study (storescp's #a): with "
+                                                        "--direct, results go to the destinations serving it.")]
+    = None,
+    options: Annotated[Path | None, typer.Option(help="Job options: a JSON file.")] = None,
+    remove: Annotated[bool, typer.Option(help="Remove the folder once the job is made.")] = False,
+) -> None:
+    """Submit a folder of DICOM files as one study (dcmtk's storescp --exec-on-eostudy hook); exit 3 with the reason
+    if the study is refused."""
+    import tempfile
+
+    if not folder.is_dir():
+        raise _fail(EXIT_PATH, "not_found", f"no such folder: {folder}", False)
+    job_options = json.loads(options.read_text()) if options else {}
+    if direct:
+        job_id = _submit_direct(folder, job_options, calling_ae)
+    else:
+        from service.client import Client, ServiceError, zip_study
+
+        if not url:
+            raise _fail(EXIT_USAGE, "usage", "give --url (ITVSAM_URL) of the gateway, or --direct", False)
+        with tempfile.TemporaryDirectory(prefix="itvsam-submit-") as tmp, Client(url, token) as client:
+            try:
+                created = client.submit_zip(zip_study(folder, Path(tmp) / "study.zip"), job_options or None)
+            except ServiceError as exc:
+                code = EXIT_REFUSED if exc.status in (400, 409, 413, 415, 422) else EXIT_SERVICE
+                raise _fail(code, exc.code, str(exc), False) from None
+        job_id = created["id"]
+    if remove:
+        shutil.rmtree(folder, ignore_errors=True)
+    console.print(f"job {job_id} for {folder}", highlight=False)
+
+
+def _submit_direct(folder: Path, options: dict[str, Any], calling_ae: str | None) -> str:
+    from service import intake
+    from service.broker import celery_queue
+    from service.dicom.delivery import plan_deliveries
+    from service.jobstore import JobStore
+    from service.uploads import UploadError, UploadLimits, receive_folder
+
+    settings = _service_settings()
+    store = JobStore(settings.store_dir)
+    problem = intake.disk_problem(store, settings)
+    if problem is not None:
+        raise _fail(EXIT_SERVICE, "insufficient_storage", problem, False)
+    with store.staging_dir() as staging:
+        try:
+            received = receive_folder(folder, staging, UploadLimits.from_settings(settings))
+            manifest, _ = intake.accept_study(received, "directory", options, False, store, celery_queue(settings),
+                                              calling_ae=calling_ae,
+                                              deliveries=plan_deliveries(settings.destinations, calling_ae))
+        except UploadError as exc:
+            raise _fail(EXIT_REFUSED, exc.code, str(exc), False) from None
+        except StudyError as exc:
+            raise _fail(EXIT_REFUSED, exc.code, str(exc), False) from None
+    return manifest.id
+
+
+@app.command(name="echo")
+def echo_command(
+    destination: Annotated[str, typer.Argument(help="A configured destination's name, or AE@HOST:PORT.")],
+) -> None:
+    """C-ECHO a destination (is the planning system reachable, and does it accept our AE title?)."""
+    import time
+
+    from service.dicom.net import DicomNetworkError, echo
+    from service.dicom.peers import find_destination
+
+    settings = _service_settings()
+    try:
+        target = find_destination(settings.destinations, destination)
+    except ValueError as exc:
+        raise _fail(EXIT_USAGE, "unknown_destination", str(exc), False) from None
+    started = time.perf_counter()
+    try:
+        echo(target, settings)
+    except DicomNetworkError as exc:
+        raise _fail(EXIT_SERVICE, "echo_failed", str(exc), False) from None
+    console.print(f"{target.name}: C-ECHO to {target.ae_title}@{target.host}:{target.port} ok in "
+                  f"{(time.perf_counter() - started) * 1000:.0f} ms", highlight=False)

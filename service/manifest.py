@@ -48,10 +48,43 @@ class JobProgress(BaseModel):
 
 
 class InputInfo(BaseModel):
-    source: str  # "zip", "multipart" or "stow"
+    source: str  # "zip", "multipart", "stow", "dicom" (the listener) or "directory" (`itvsam submit-dir`)
     files: int
     bytes: int
     content_hash: str  # SHA-256 of the sorted SHA-256 digests of the files: the same study, however it was sent
+    calling_ae: str | None = None  # the AE title that sent the study over DICOM
+
+
+class DeliveryState(StrEnum):
+    WAITING = "waiting"  # the job has not succeeded yet
+    PENDING = "pending"  # to be sent (again, after ``next_attempt_at``)
+    DELIVERED = "delivered"
+    FAILED = "failed"  # every attempt failed, or the job did not succeed
+
+
+class Delivery(BaseModel):
+    """The results of a job sent by C-STORE to one destination."""
+
+    destination: str  # its name in the settings
+    ae_title: str
+    host: str
+    port: int
+    outputs: list[str]  # the kinds of output chosen (reference, phases, ...)
+    state: DeliveryState = DeliveryState.WAITING
+    attempts: int = 0
+    next_attempt_at: float | None = None
+    delivered_at: float | None = None
+    files: int = 0  # instances stored at the destination
+    error: str | None = None  # the last failure
+
+
+class LateArrival(BaseModel):
+    """Instances of the job's study that arrived over DICOM after the job was made."""
+
+    at: float
+    instances: int
+    changed: bool  # whether the study's content differs from the job's input
+    rerun_job: str | None = None  # the job started for the changed study
 
 
 class Manifest(BaseModel):
@@ -73,6 +106,8 @@ class Manifest(BaseModel):
     lease_expires_at: float | None = None  # the running worker renews this; past it, the worker is taken as lost
     error: JobError | None = None
     outputs: list[str] = Field(default_factory=list)  # files of output/, relative, when succeeded
+    deliveries: list[Delivery] = Field(default_factory=list)  # results sent by C-STORE, one per destination
+    late_arrivals: list[LateArrival] = Field(default_factory=list)
 
     def public(self) -> dict[str, Any]:
         """What the API shows of a job."""
@@ -86,7 +121,9 @@ class Manifest(BaseModel):
             "fraction": round(self.progress.fraction, 4), "phase": self.progress.phase, "phases": self.progress.phases,
             "message": self.progress.message, "created_at": self.created_at, "started_at": self.started_at,
             "finished_at": self.finished_at, "timings": timings, "attempts": self.attempts, "options": self.options,
-            "input": {"source": self.input.source, "files": self.input.files, "bytes": self.input.bytes},
+            "input": self.input.model_dump(exclude={"content_hash"}, exclude_none=True),
             "study": self.study, "outputs": self.outputs,
+            "deliveries": [d.model_dump(mode="json") for d in self.deliveries],
+            "late_arrivals": [a.model_dump(mode="json") for a in self.late_arrivals],
             "error": self.error.model_dump() if self.error else None,
         }

@@ -10,10 +10,12 @@ import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.dicom.peers import Destination, Peer, check_ae_title, parse_destinations, parse_peers
 
 GiB = 1024**3
 _HEX = set("0123456789abcdef")
@@ -70,9 +72,56 @@ class Settings(BaseSettings):
     heartbeat_ttl_s: float = Field(30.0, gt=0)  # a worker whose heartbeat is older is gone
     unacked_restore_interval_s: float = Field(10.0, gt=0)  # how often workers look for abandoned messages
 
-    @field_validator("model_dir", "adapter_dir", mode="before")
+    # The DICOM listener (`itvsam scp`): who may send (calling AE title and source address, both must match; none
+    # configured: every association is refused), limits and timeouts, and when a received study is ready.
+    scp_ae_title: str = "ITVSAM"
+    scp_host: str = "0.0.0.0"
+    scp_port: int = Field(11112, ge=0, lt=65536)
+    scp_peers: Annotated[tuple[Peer, ...], NoDecode] = ()
+    scp_tls_cert: Path | None = None  # PEM certificate chain and key: TLS on the listening port
+    scp_tls_key: Path | None = None
+    scp_tls_ca: Path | None = None  # with it, peers must present a certificate signed by this CA
+    scp_max_associations: int = Field(8, ge=1)
+    scp_max_pdu_bytes: int = Field(262_144, ge=0)  # 0: unlimited
+    scp_acse_timeout_s: float = Field(30.0, gt=0)
+    scp_dimse_timeout_s: float = Field(60.0, gt=0)
+    scp_network_timeout_s: float = Field(120.0, gt=0)
+    scp_settle_s: float = Field(10.0, ge=0)  # a complete 4DCT is submitted once no instance came for this long
+    scp_idle_timeout_s: float = Field(300.0, gt=0)  # an incomplete study is validated (and refused) after this
+    scp_rerun_on_change: bool = True  # late instances that change a submitted study start a new job
+    scp_keep_s: float = Field(86_400.0, gt=0)  # a submitted study's instances are kept this long for late arrivals
+    scp_options: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict)  # job options of listener jobs
+    submit_direct: bool = False  # `itvsam submit-dir`: enqueue into the store and Redis, not through the gateway
+
+    # Results sent back by C-STORE (the `itvsam scp` process delivers them).
+    destinations: Annotated[tuple[Destination, ...], NoDecode] = ()
+    delivery_attempts: int = Field(6, ge=1)
+    delivery_backoff_s: float = Field(30.0, ge=0)  # doubled after each failed attempt, up to delivery_max_backoff_s
+    delivery_max_backoff_s: float = Field(600.0, ge=0)
+
+    @field_validator("scp_peers", mode="before")
     @classmethod
-    def _empty_is_none(cls, value: object) -> object:
+    def _peers(cls, value: object) -> object:
+        return parse_peers(value)
+
+    @field_validator("destinations", mode="before")
+    @classmethod
+    def _destinations(cls, value: object) -> object:
+        return parse_destinations(value)
+
+    @field_validator("scp_options", mode="before")
+    @classmethod
+    def _options(cls, value: object) -> object:
+        return json.loads(value) if isinstance(value, str) and value.strip() else ({} if value == "" else value)
+
+    @field_validator("scp_ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        return check_ae_title(value)
+
+    @field_validator("model_dir", "adapter_dir", "scp_tls_cert", "scp_tls_key", "scp_tls_ca", mode="before")
+    @classmethod
+    def _no_path(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("api_key_hashes", mode="before")
@@ -100,6 +149,16 @@ class Settings(BaseSettings):
                 "time limits must satisfy job_soft_time_limit_s < job_time_limit_s < visibility_timeout_s (a message "
                 "must not be redelivered while its job may still run), got "
                 f"{self.job_soft_time_limit_s} < {self.job_time_limit_s} < {self.visibility_timeout_s}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Self:
+        if (self.scp_tls_cert is None) != (self.scp_tls_key is None):
+            raise ValueError("TLS needs both scp_tls_cert and scp_tls_key, got only "
+                             f"{'scp_tls_cert' if self.scp_tls_cert else 'scp_tls_key'}")
+        names = [d.name for d in self.destinations]
+        if len(set(names)) != len(names):
+            raise ValueError(f"destination names must be unique, got {names}")
         return self
 
 

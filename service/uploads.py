@@ -286,3 +286,27 @@ async def receive_multipart(stream: AsyncIterator[bytes], content_type: str, fol
     if writer.out is not None or parser.state is not MultipartState.END:
         raise UploadError(400, "invalid_multipart", "the multipart body ended before its closing boundary")
     return received
+
+
+def receive_folder(source: Path, folder: Path, limits: UploadLimits) -> ReceivedStudy:
+    """Copy every file under ``source`` (searched recursively, links not followed) into ``folder/input`` as
+    000001.dcm, ... under the file and size limits (``itvsam submit-dir``, enqueuing directly)."""
+    received = ReceivedStudy(folder / "input")
+    received.folder.mkdir()
+    paths = sorted(p for p in source.rglob("*") if p.is_file() and not p.is_symlink())
+    if len(paths) > limits.max_files:
+        raise UploadError(413, "too_many_files", f"a study may hold at most {limits.max_files} files, "
+                                                 f"{source} has {len(paths)}")
+    for path in paths:
+        digest = hashlib.sha256()
+        target = received.next_path()
+        with open(path, "rb") as handle, open(target, "wb") as out:
+            while chunk := handle.read(CHUNK):
+                received.bytes += len(chunk)
+                if received.bytes > limits.max_study_bytes:
+                    raise UploadError(413, "study_too_large",
+                                      f"the study's files must be at most {limits.max_study_bytes} bytes")
+                digest.update(chunk)
+                out.write(chunk)
+        received.digests.append(digest.hexdigest())
+    return received

@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import redis
 from fastapi import FastAPI
 
 from dicomrt.provenance import software_version
@@ -15,7 +14,7 @@ from service.api.errors import install_error_handlers
 from service.api.maintenance import maintenance_loop
 from service.api.routes import dicomweb, health, jobs, metrics
 from service.api.telemetry import GatewayMetrics
-from service.broker import JobQueue
+from service.broker import JobQueue, celery_queue
 from service.jobstore import JobStore
 from service.settings import Settings, get_settings
 
@@ -27,10 +26,7 @@ Errors share one body: `{"error": {"code": ..., "message": ...}}`."""
 
 
 def default_queue(settings: Settings) -> JobQueue:
-    from workers.celery_app import job_sender  # Celery only: the gateway queues by task name
-
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-    return JobQueue(client, job_sender(settings), settings.queue)
+    return celery_queue(settings)  # the gateway queues by task name
 
 
 def create_app(settings: Settings | None = None, queue: JobQueue | None = None, maintenance: bool = True) -> FastAPI:

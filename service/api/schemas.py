@@ -43,6 +43,8 @@ class JobPublic(BaseModel):
     input: dict[str, Any]
     study: dict[str, Any]
     outputs: list[str]
+    deliveries: list[dict[str, Any]] = []  # C-STORE of the results to each destination
+    late_arrivals: list[dict[str, Any]] = []  # instances of the study received over DICOM after the job was made
     error: ErrorDetail | None
 
     @classmethod

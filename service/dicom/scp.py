@@ -1,0 +1,202 @@
+"""The DICOM listener of ``itvsam scp``: a pynetdicom Storage SCP for CT (and Verification) in front of the
+collector, which turns complete studies into jobs through the same intake as an HTTP upload.
+
+Event handlers are plain functions; what they need (the allow-list, the collector, the store's watermark check) is
+passed in with ``evt_handlers=[(event, handler, [args])]``. Each refusal has its own answer:
+
+- an association from a calling AE title / source address pair not on the allow-list: A-ASSOCIATE-RJ, rejected
+  permanent, "calling AE title not recognised" (the address is checked too: AE titles alone are spoofable);
+- more associations than ``scp_max_associations``: A-ASSOCIATE-RJ transient, local limit exceeded (pynetdicom);
+- an SOP class or transfer syntax we do not take: the presentation context is refused at negotiation;
+- the store below its disk watermark, or a study over the size or file limits: 0xA700 (out of resources);
+- a dataset that is not a CT image: 0xA900; one that cannot be decoded: 0xC000; an unexpected error: 0xC001.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
+from pydicom.uid import JPEGLossless as JPEGLosslessP14
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import CTImageStorage, EnhancedCTImageStorage, Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicomrt.reader import scan_study
+from service.dicom.collector import OUT_OF_RESOURCES, CollectorConfig, InstanceRefused, StudyCollector
+from service.dicom.delivery import DeliveryLoop, plan_deliveries
+from service.dicom.net import set_nodelay
+from service.dicom.peers import Peer, allowed
+from service.intake import Queue, accept_study, disk_problem, record_refusal
+from service.jobstore import JobStore
+from service.manifest import LateArrival, Manifest
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# What the reader decodes (pylibjpeg): uncompressed, RLE, JPEG lossless, JPEG-LS lossless, JPEG 2000 lossless.
+TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, RLELossless,
+                     JPEGLosslessSV1, JPEGLosslessP14, JPEGLSLossless, JPEG2000Lossless]
+STORAGE_CLASSES = (CTImageStorage, EnhancedCTImageStorage)
+UNEXPECTED = 0xC001
+REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
+
+
+def check_peer(event: evt.Event, peers: tuple[Peer, ...]) -> None:
+    """EVT_REQUESTED: reject the association unless its calling AE title and source address are allowed."""
+    calling = event.assoc.requestor.primitive.calling_ae_title
+    address = event.assoc.requestor.address
+    if not allowed(peers, calling, address):
+        logger.warning("association refused: calling AE %r from %s is not an allowed peer", calling, address)
+        event.assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
+
+
+def handle_echo(event: evt.Event) -> int:
+    return 0x0000
+
+
+def handle_store(event: evt.Event, collector: StudyCollector, space_problem: Callable[[], str | None]) -> int:
+    """EVT_C_STORE: the instance to disk under its study (our names), or a failure status that says why not."""
+    problem = space_problem()
+    if problem is not None:
+        logger.warning("C-STORE refused (0xA700): %s", problem)
+        return OUT_OF_RESOURCES
+    calling = event.assoc.requestor.ae_title
+    try:
+        collector.store_instance(event.encoded_dataset(include_meta=True), calling)
+    except InstanceRefused as exc:
+        logger.warning("C-STORE from %s refused (0x%04X): %s", calling, exc.status, exc)
+        return exc.status
+    except OSError as exc:
+        logger.error("C-STORE from %s could not be written (0xA700): %s", calling, exc)
+        return OUT_OF_RESOURCES
+    except Exception:
+        logger.exception("C-STORE from %s failed (0x%04X)", calling, UNEXPECTED)
+        return UNEXPECTED
+    return 0x0000
+
+
+def make_ae(settings: Settings) -> AE:
+    """The AE with our title, the contexts we accept, and the limits and timeouts of the settings."""
+    ae = AE(ae_title=settings.scp_ae_title)
+    for sop_class in STORAGE_CLASSES:
+        ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification)
+    ae.maximum_associations = settings.scp_max_associations
+    ae.maximum_pdu_size = settings.scp_max_pdu_bytes
+    ae.acse_timeout = settings.scp_acse_timeout_s
+    ae.dimse_timeout = settings.scp_dimse_timeout_s
+    ae.network_timeout = settings.scp_network_timeout_s
+    return ae
+
+
+def server_tls(settings: Settings) -> ssl.SSLContext | None:
+    """TLS for the listening port when ``scp_tls_cert``/``scp_tls_key`` are set (peer certificates required when
+    ``scp_tls_ca`` is)."""
+    if settings.scp_tls_cert is None or settings.scp_tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.scp_tls_cert, settings.scp_tls_key)
+    if settings.scp_tls_ca is not None:
+        context.load_verify_locations(settings.scp_tls_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def collector_for(settings: Settings, store: JobStore, queue: Queue,
+                  on_job: Callable[[str], None] = lambda _job_id: None) -> StudyCollector:
+    """A collector whose ready studies go through ``service.intake`` into ``store`` and ``queue`` (``on_job`` is told
+    of every job made)."""
+    options = dict(settings.scp_options)
+
+    def submit(received: Any, calling_ae: str | None, index: Any) -> Manifest:
+        deliveries = plan_deliveries(settings.destinations, calling_ae)
+        manifest, _created = accept_study(received, "dicom", options, False, store, queue, calling_ae=calling_ae,
+                                          deliveries=deliveries, index=index)
+        on_job(manifest.id)
+        return manifest
+
+    def refuse(received: Any, calling_ae: str | None, error: Any) -> Manifest:
+        return record_refusal(received, "dicom", options, error, store, calling_ae=calling_ae)
+
+    def note_late(job_id: str, arrival: LateArrival) -> None:
+        store.update(job_id, lambda m: m.late_arrivals.append(arrival))
+
+    config = CollectorConfig(settle_s=settings.scp_settle_s, idle_timeout_s=settings.scp_idle_timeout_s,
+                             rerun_on_change=settings.scp_rerun_on_change, keep_s=settings.scp_keep_s,
+                             max_study_bytes=settings.max_study_bytes, max_files=settings.max_files)
+    return StudyCollector(store, config, submit, refuse, note_late, scan_study)
+
+
+@dataclass
+class Listener:
+    """A running listener: the association server, the collector's monitor and the delivery loop."""
+
+    server: ThreadedAssociationServer
+    collector: StudyCollector
+    delivery: DeliveryLoop
+    stop_event: threading.Event
+    threads: list[threading.Thread]
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def shutdown(self) -> None:
+        self.stop_event.set()
+        self.server.shutdown()
+        for thread in self.threads:
+            thread.join(timeout=10)
+
+
+def _every(interval_s: float, stop: threading.Event, step: Callable[[], None], name: str) -> threading.Thread:
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            try:
+                step()
+            except Exception:  # logged and tried again: the listener must keep running
+                logger.exception("%s failed", name)
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def start_listener(settings: Settings, queue: Queue, store: JobStore | None = None,
+                   tick_s: float = 0.25) -> Listener:
+    """Start the listener on ``settings.scp_host``/``scp_port`` (0: a free port) without blocking."""
+    store = store or JobStore(settings.store_dir)
+    if not settings.scp_peers:
+        logger.warning("no DICOM peers allowed (ITVSAM_SCP_PEERS): every association is refused")
+    delivery = DeliveryLoop(store, settings)
+    collector = collector_for(settings, store, queue, on_job=delivery.watch)
+    recovered = collector.recover()
+    if recovered:
+        logger.info("took back %d partly received studies from a previous run", recovered)
+    handlers = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_REQUESTED, check_peer, [settings.scp_peers]),
+                (evt.EVT_C_ECHO, handle_echo),
+                (evt.EVT_C_STORE, handle_store, [collector, lambda: disk_problem(store, settings)])]
+    ae = make_ae(settings)
+    server = ae.start_server((settings.scp_host, settings.scp_port), block=False, evt_handlers=handlers,
+                             ssl_context=server_tls(settings))
+    stop = threading.Event()
+    threads = [_every(tick_s, stop, collector.tick, "itvsam-collector"),
+               _every(min(1.0, max(settings.delivery_backoff_s / 4, 0.1)), stop, delivery.step, "itvsam-delivery")]
+    listener = Listener(server, collector, delivery, stop, threads)
+    logger.info("listening as %s on %s:%d%s", settings.scp_ae_title, settings.scp_host, listener.port,
+                " (TLS)" if server.ssl_context else "")
+    return listener

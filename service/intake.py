@@ -1,0 +1,97 @@
+"""The one path from received files to a queued job: HTTP uploads, STOW-RS, the DICOM listener and
+``itvsam submit-dir`` all come through ``accept_study``.
+
+Check the disk watermark (``disk_problem``), read the study's headers with ``dicomrt.reader.scan_study`` (a refusal
+raises ``StudyError``: nothing is stored, nothing queued), find a live job made from the same files and options
+(idempotency), else create the job and queue it. ``record_refusal`` keeps a refused study as a failed job, so that a
+study that came over DICOM (where no HTTP answer can carry the reason) shows its refusal in the API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from typing import Any, Protocol
+
+from dicomrt.errors import StudyError
+from dicomrt.reader import scan_study
+from dicomrt.study import StudyIndex, index_summary
+from service.jobstore import JobStore
+from service.manifest import Delivery, InputInfo, JobError, JobState, Manifest, new_job_id
+from service.settings import Settings
+from service.uploads import ReceivedStudy
+
+logger = logging.getLogger(__name__)
+
+
+class Queue(Protocol):
+    def enqueue(self, job_id: str) -> bool: ...
+
+
+def disk_problem(store: JobStore, settings: Settings) -> str | None:
+    """Why the store is too full for a new study (below its disk watermark), or None."""
+    space = store.disk_space()
+    if space.free_bytes < settings.min_free_bytes or space.free_fraction < settings.min_free_fraction:
+        return (f"the job store has {space.free_bytes} bytes free ({space.free_fraction:.1%}), below its watermark "
+                f"of {settings.min_free_bytes} bytes or {settings.min_free_fraction:.1%}")
+    return None
+
+
+def study_brief(index: StudyIndex) -> dict[str, Any]:
+    """What a job shows of its study: hashes, phases, grid and warnings (no patient data)."""
+    summary = index_summary(index)
+    return {
+        "study_uid_hash": summary["study_uid_hash"], "is_4d": summary["is_4d"],
+        "phases": [p["label"] for p in summary["phases"]], "derived": [d["label"] for d in summary["derived"]],
+        "reference": summary["reference"]["label"], "shape_zyx": summary["geometry"]["shape_zyx"],
+        "spacing_mm_zyx": summary["geometry"]["spacing_mm_zyx"], "warnings": summary["warnings"],
+        "ct_instances": summary["files"]["ct_instances"],
+    }
+
+
+def idempotency_key(received: ReceivedStudy, options: dict[str, Any]) -> str:
+    text = f"{received.content_hash}\n{json.dumps(options, sort_keys=True, separators=(',', ':'))}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _input(received: ReceivedStudy, source: str, calling_ae: str | None) -> InputInfo:
+    return InputInfo(source=source, files=received.files, bytes=received.bytes, content_hash=received.content_hash,
+                     calling_ae=calling_ae)
+
+
+def accept_study(received: ReceivedStudy, source: str, options: dict[str, Any], force: bool, store: JobStore,
+                 queue: Queue, *, calling_ae: str | None = None, deliveries: list[Delivery] | None = None,
+                 index: StudyIndex | None = None) -> tuple[Manifest, bool]:
+    """Validate the received study (unless ``index``, its scan, is given) and make (and queue) its job, or return the
+    live job made from the same files and options. ``received.folder`` is moved into a new job. Raises
+    ``StudyError`` for a refused study."""
+    index = index if index is not None else scan_study(received.folder)
+    manifest = Manifest(id=new_job_id(), idempotency_key=idempotency_key(received, options), options=options,
+                        input=_input(received, source, calling_ae), study=study_brief(index),
+                        deliveries=list(deliveries or []))
+    manifest, created = store.create_or_get(received.folder, manifest, force)
+    if created:
+        try:
+            queue.enqueue(manifest.id)
+        except Exception as exc:  # the manifest holds the job: the gateway's requeue sends it when Redis is back
+            logger.warning("job %s stored but not queued (Redis unreachable?): %s", manifest.id, exc)
+        logger.info("job %s created from %s: %d files, study %s", manifest.id, source, received.files,
+                    manifest.study["study_uid_hash"])
+    else:
+        logger.info("%s study matched live job %s (same files and options)", source, manifest.id)
+    return manifest, created
+
+
+def record_refusal(received: ReceivedStudy, source: str, options: dict[str, Any], error: StudyError,
+                   store: JobStore, *, calling_ae: str | None = None) -> Manifest:
+    """Keep a refused study as a failed job (never queued) whose error is the reader's code and message."""
+    now = time.time()
+    manifest = Manifest(id=new_job_id(), state=JobState.FAILED, finished_at=now,
+                        idempotency_key=idempotency_key(received, options), options=options,
+                        input=_input(received, source, calling_ae),
+                        error=JobError(code=error.code, message=str(error)))
+    manifest, _ = store.create_or_get(received.folder, manifest, force=True)
+    logger.warning("job %s: %s study refused [%s]: %s", manifest.id, source, error.code, error)
+    return manifest
