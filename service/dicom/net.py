@@ -40,9 +40,7 @@ def describe_failure(assoc: object, destination: Destination) -> str:
     where = f"{destination.ae_title}@{destination.host}:{destination.port}"
     if getattr(assoc, "is_rejected", False):
         return f"{where} rejected the association"
-    if getattr(assoc, "is_aborted", False):
-        return f"{where} aborted the association (unreachable, or no accepted presentation context)"
-    return f"{where} could not be reached"
+    return f"{where} could not be reached, or aborted the association (no presentation context accepted?)"
 
 
 def echo(destination: Destination, settings: Settings) -> None:

@@ -62,6 +62,7 @@ def check_peer(event: evt.Event, peers: tuple[Peer, ...]) -> None:
     if not allowed(peers, calling, address):
         logger.warning("association refused: calling AE %r from %s is not an allowed peer", calling, address)
         event.assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
+        event.assoc.kill()  # as pynetdicom's own rejections: lets the DUL send the A-ASSOCIATE-RJ before closing
 
 
 def handle_echo(event: evt.Event) -> int:
