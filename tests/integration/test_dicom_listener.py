@@ -323,3 +323,29 @@ def test_submit_dir_direct_refuses_an_incomplete_study_with_the_readers_message(
     assert "incomplete_study" in result.output or "phases" in result.output
     assert list(JobStore(tmp_path / "store").manifests()) == []
     assert np.all([p.exists() for p in partial.iterdir()])
+
+
+def test_itvsam_scp_process_answers_echo_and_stops_on_sigterm(tmp_path):
+    from tests.support.service import Proc, free_port, itvsam_argv, service_env
+
+    port = free_port()
+    env = service_env(tmp_path / "store", "redis://127.0.0.1:1/0", None, ITVSAM_SCP_PORT=str(port),
+                      ITVSAM_SCP_HOST="127.0.0.1", ITVSAM_SCP_PEERS=f"{SENDER}@127.0.0.1")
+    proc = Proc("scp", itvsam_argv("scp"), env, tmp_path / "scp.log")
+    try:
+        def echoed() -> bool:
+            if not proc.alive():
+                raise AssertionError(f"itvsam scp exited:\n{proc.tail()}")
+            assoc = associate(port)
+            if not assoc.is_established:
+                return False
+            status = assoc.send_c_echo().Status
+            assoc.release()
+            return status == 0x0000
+
+        assert wait_for("itvsam scp", echoed, 30)
+        proc.popen.terminate()
+        assert proc.popen.wait(timeout=20) == 0
+        assert f"listening as ITVSAM on 127.0.0.1:{port}" in proc.tail()
+    finally:
+        proc.stop()
