@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-declare -A tool_package=([storescu]=dcmtk [dciodvfy]=dicom3tools [plastimatch]=plastimatch [redis-server]=redis-server
+# (dcmcjpeg, not storescu, tells dcmtk apart: pynetdicom installs its own storescu into the venv)
+declare -A tool_package=([dcmcjpeg]=dcmtk [dciodvfy]=dicom3tools [plastimatch]=plastimatch [redis-server]=redis-server
                         [docker-compose]=docker-compose)
 missing=()
 for tool in "${!tool_package[@]}"; do
