@@ -5,5 +5,9 @@
 - ``lora``: LoRA on the ViT attention (and MLP) with peft;
 - ``preprocess``: HU windows → model images and model maps → slice grid, shared by training and inference;
 - ``network`` / ``predictor``: SAM 3 as a slice network, and the batched slice predictor;
-- ``refine``, ``itv``, ``metrics``: torch-free (numpy/scipy) refinement, ITV and motion, Dice and HD95.
+- ``refine``, ``itv``, ``metrics``: torch-free (numpy/scipy) refinement, ITV and motion, Dice and HD95;
+- ``datasets``, ``samples``, ``mining``, ``losses``, ``training``, ``scratch``, ``recipes``: training (LoRA, or full
+  training from scratch) on annotated CT (clinics' CT + RTSTRUCT, phantoms) with hard negative mining;
+- ``evaluate``: Dice, HD95, volume error and false-positive slices against truth (``itvsam eval``);
+- ``phantom_model/``: the shipped small model trained on phantoms (for ``itvsam demo``; NOT for patients).
 """

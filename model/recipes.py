@@ -3,10 +3,11 @@
 ``TrainingData`` says where the volumes come from (folders of annotated studies and/or in-memory phantom seeds);
 ``train_model`` starts from a model directory or from scratch (``model.scratch``) and runs a ``Trainer``.
 
-``PHANTOM_MODEL_RECIPE`` is how ``model/phantom_model`` was made (its README gives the command)::
+``model/phantom_model`` was made by this command (its README and ``training_record.json`` say the same)::
 
     itvsam train --from-scratch --image-size 224 --mode full --phantom-seeds 100-107 --val-seeds 200 \\
-        --steps 3000 --lr 2e-3 --seed 0 --threads 1 --label "..." -o out/phantom_model_run
+        --steps 3000 --epoch-steps 250 --lr 2e-3 --seed 0 --threads 1 -o out/phantom_model_run \\
+        --label "PHANTOM MODEL: for trying and commissioning the workflow on phantoms, NOT for patients"
 """
 
 from __future__ import annotations

@@ -417,6 +417,20 @@ def _command_line(context: Any) -> str:
     return " ".join(words)
 
 
+def _structure_weights(items: list[str] | None) -> tuple[tuple[str, float], ...]:
+    """``["GTV=3"]`` → (("GTV", 3.0),); None → the default (GTV twice the share of the other structures)."""
+    if not items:
+        return (("GTV", 2.0),)
+    weights = []
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            weights.append((name.strip(), float(value)))
+        except ValueError:
+            raise ValueError(f"--structure-weight must look like GTV=2, got {item!r}") from None
+    return tuple(weights)
+
+
 def _torch_threads(threads: int | None) -> None:
     if threads:
         import torch
@@ -455,6 +469,11 @@ def train(
     template: Annotated[Path | None, typer.Option(help="Site template (YAML/JSON); default: thoracic.")] = None,
     mapping: Annotated[Path | None, typer.Option(help="Structure name mapping (YAML: map, ignore).")] = None,
     label: Annotated[str | None, typer.Option(help="Label of a fully trained model (itvsam_model.json).")] = None,
+    loss_balance: Annotated[float, typer.Option(help="Share of the class-balanced pixel loss (0-1).")] = 0.5,
+    recall_beta: Annotated[float, typer.Option(help="Tversky β of the overlap loss (0.5: Dice; >0.5 favours "
+                                                    "recall).")] = 0.5,
+    structure_weight: Annotated[list[str] | None, typer.Option(help="Share of a structure's positives, NAME=W "
+                                                                    "(repeatable; default GTV=2).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.")] = False,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     device: Annotated[Device, typer.Option(help="Compute device (cuda: bf16 autocast).")] = Device.CPU,
@@ -464,6 +483,7 @@ def train(
 
     from model.datasets import AnnotationError, NameMapping
     from model.lora import LoraSettings
+    from model.losses import LossSettings
     from model.mining import MiningSettings
     from model.recipes import TrainingData, parse_seeds, train_model
     from model.sam3 import ModelLoadError
@@ -484,8 +504,10 @@ def train(
             mode=mode.value, steps=steps, epoch_steps=epoch_steps, slices=slices, lr=lr, seed=seed, label=label,
             lora=LoraSettings(rank=rank, alpha=2.0 * rank, attention=tuple(t for t in targets.split(",") if t),
                               mlp=mlp),
-            mining=MiningSettings() if hard_negatives else MiningSettings(negatives=False, companions=False,
-                                                                          online=False),
+            mining=MiningSettings(structure_weights=_structure_weights(structure_weight),
+                                  **({} if hard_negatives else {"negatives": False, "companions": False,
+                                                                "online": False})),
+            loss=LossSettings(balance=loss_balance, recall_beta=recall_beta),
             augment=AugmentSettings(enabled=augment))
     except (ValueError, RTError) as exc:
         raise _fail(EXIT_USAGE, "invalid_training", str(exc), False) from None

@@ -40,6 +40,12 @@ class DemoResult:
     seconds: float = 0.0
 
 
+def _finite_mean(values: list[float]) -> float:
+    """Mean of the defined values (HD95 is NaN in a phase where one mask is empty); NaN when none is."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def training_seeds(model_dir: Path) -> set[int]:
     """The phantom seeds a model was trained or validated on (from its ``training_record.json``; empty if none)."""
     path = Path(model_dir) / "training_record.json"
@@ -86,7 +92,7 @@ def run_demo(out_dir: Path, *, seed: int = DEMO_SEED, model_dir: Path = PHANTOM_
             distances[name].append(hd95(predicted, phantom.truth[name][k], spacing))
     reference = read_rtstruct(out_dir / "result" / "RS_reference.dcm")
     itv = rasterise_roi(reference.roi("ITV"), index.phases[0].geometry).mask
-    structures = {name: {"dice": float(np.mean(values)), "hd95_mm": float(np.nanmean(distances[name]))}
+    structures = {name: {"dice": float(np.mean(values)), "hd95_mm": _finite_mean(distances[name])}
                   for name, values in per_phase.items()}
     structures["ITV"] = {"dice": dice(itv, phantom.itv), "hd95_mm": hd95(itv, phantom.itv, spacing)}
     seconds = time.perf_counter() - start
