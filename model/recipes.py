@@ -3,11 +3,8 @@
 ``TrainingData`` says where the volumes come from (folders of annotated studies and/or in-memory phantom seeds);
 ``train_model`` starts from a model directory or from scratch (``model.scratch``) and runs a ``Trainer``.
 
-``model/phantom_model`` was made by this command (its README and ``training_record.json`` say the same)::
-
-    itvsam train --from-scratch --image-size 224 --mode full --phantom-seeds 100-107 --val-seeds 200 \\
-        --steps 3000 --epoch-steps 250 --lr 2e-3 --seed 0 --threads 1 -o out/phantom_model_run \\
-        --label "PHANTOM MODEL: for trying and commissioning the workflow on phantoms, NOT for patients"
+``model/phantom_model`` was made by two ``itvsam train`` runs (from scratch, then a tumour-recall stage); its README
+gives the exact commands and seeds, and its ``training_record.json`` the second one.
 """
 
 from __future__ import annotations
