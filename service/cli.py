@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -211,8 +213,6 @@ def run(
     force: Annotated[bool, typer.Option(help="Replace the contents of a non-empty output folder.")] = False,
 ) -> None:
     """Contour a 4DCT: SAM 3 per phase, phase-coherent refinement, ITV; writes RTSTRUCTs, SEG, summary and QA."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from model.sam3 import ModelLoadError
     from workers.pipeline import JobOptions, load_engine, run_job
 
@@ -229,14 +229,7 @@ def run(
         engine = load_engine(model, adapter, device=device.value)
     except (ModelLoadError, OSError) as exc:
         raise _fail(EXIT_MODEL, "model_unavailable", str(exc), False) from None
-    columns = (TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-               TimeElapsedColumn())
-    with Progress(*columns, console=errors) as bar:
-        task = bar.add_task("reading", total=1.0)
-
-        def show(progress) -> None:
-            bar.update(task, completed=progress.fraction, description=progress.message[:28])
-
+    with _job_progress("reading") as show:
         try:
             summary = run_job(study_dir, out, engine, options, progress=show)
         except (StudyError, RTError) as exc:
@@ -251,6 +244,18 @@ def run(
                       f"motion LR {amplitude['x']} AP {amplitude['y']} SI {amplitude['z']} mm", highlight=False)
     for flag in summary["flags"]:
         console.print(f"[yellow]check[/]: {escape(flag)}", highlight=False)
+
+
+@contextmanager
+def _job_progress(first: str) -> Iterator[Callable[[Any], None]]:
+    """A progress bar for a pipeline run; yields the callback that takes ``workers.pipeline.Progress``."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=errors) as bar:
+        task = bar.add_task(first, total=1.0)
+        yield lambda progress: bar.update(task, completed=progress.fraction, description=progress.message[:28])
 
 
 def _clear(out: Path) -> None:
@@ -594,20 +599,11 @@ def demo(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
 ) -> None:
     """The main job on a phantom 4DCT with the shipped phantom model; prints Dice/HD95 against the phantom's truth."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from workers.demo import run_demo
 
     _torch_threads(threads)
     _empty_output(out, force=None)
-    columns = (TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-               TimeElapsedColumn())
-    with Progress(*columns, console=errors) as bar:
-        task = bar.add_task("phantom", total=1.0)
-
-        def show(progress) -> None:
-            bar.update(task, completed=progress.fraction, description=progress.message[:28])
-
+    with _job_progress("phantom") as show:
         try:
             result = run_demo(out, seed=seed, progress=show)
         except ValueError as exc:
