@@ -166,7 +166,7 @@ def run_job(study_dir: Path, out_dir: Path, engine: Engine, options: JobOptions 
     report("writing", 0.0, "writing DICOM-RT outputs")
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    provenance = Provenance(model_identity=f"itvsam SAM3+LoRA {engine.identity['short']}")
+    provenance = Provenance(model_identity=_model_text(engine.identity))
     reference = None
     if options.projections:
         written = write_projections(study, out_dir / "derived", provenance)
@@ -256,6 +256,13 @@ def _refine(study: Study4D, options: JobOptions, predicted: dict[str, np.ndarray
             structures[spec.name]["itv"] = {"name": spec.itv_name,
                                             "volume_ml": round(float(itv.sum()) * _voxel_ml(geometry), 4)}
     return refined, structures
+
+
+def _model_text(identity: dict[str, Any]) -> str:
+    """The model as written into every DICOM object (a LO value, ≤ 64 characters): its hash, and the head of its
+    label (e.g. "PHANTOM MODEL") so that a phantom model's contours say so inside the planning system too."""
+    label = str(identity.get("label") or "").split(":")[0].strip()
+    return (f"itvsam SAM3 {identity['short']}" + (f" {label}" if label else ""))[:64]
 
 
 def _flags(structures: dict[str, Any]) -> list[str]:

@@ -30,3 +30,12 @@ def test_flags_name_empty_filled_and_removed():
         "GTV: missing in phase(s) 90%, filled by interpolation between neighbouring phases",
         "GTV: 3 component(s) present in too few phases removed",
     ]
+
+
+def test_model_text_carries_the_phantom_label_within_a_dicom_lo():
+    from workers.pipeline import _model_text
+
+    text = _model_text({"short": "97b36ccc786c", "label": "PHANTOM MODEL: for trying the workflow, NOT for patients"})
+    assert text == "itvsam SAM3 97b36ccc786c PHANTOM MODEL"
+    assert _model_text({"short": "0123456789ab", "label": None}) == "itvsam SAM3 0123456789ab"
+    assert len(_model_text({"short": "0" * 12, "label": "X" * 200})) == 64
