@@ -167,7 +167,8 @@ def contour(
                                                    "(phase, z, y, x) or (z, y, x) on the study's grid, z ascending "
                                                    "in patient z, phases in percent order.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (new or empty).")],
-    template: Annotated[Path | None, typer.Option(help="Site template (YAML/JSON); default: thoracic.")] = None,
+    template: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
+                                                  help="Site template (YAML/JSON); default: thoracic.")] = None,
     mode: Annotated[OutputMode, typer.Option(help="Which RTSTRUCTs to write.")] = OutputMode.ALL,
     seg: Annotated[bool, typer.Option(help="Also write a DICOM SEG per phase.")] = True,
     projections: Annotated[bool, typer.Option(help="Write AIP/MIP series the study lacks; the reference "
@@ -208,7 +209,8 @@ def run(
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (new or empty).")],
     model: Annotated[Path, typer.Option(help="SAM 3 snapshot directory (official layout or merged).")],
     adapter: Annotated[Path | None, typer.Option(help="LoRA adapter (peft) merged on load.")] = None,
-    template: Annotated[Path | None, typer.Option(help="Site template (YAML/JSON); default: thoracic.")] = None,
+    template: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
+                                                  help="Site template (YAML/JSON); default: thoracic.")] = None,
     device: Annotated[Device, typer.Option(help="Compute device (cuda: bf16).")] = Device.CPU,
     force: Annotated[bool, typer.Option(help="Replace the contents of a non-empty output folder.")] = False,
 ) -> None:
@@ -471,7 +473,8 @@ def train(
     hard_negatives: Annotated[bool, typer.Option(help="Negatives (absent / other structures' slices) and online "
                                                       "hard mining.")] = True,
     augment: Annotated[bool, typer.Option(help="CT augmentation (rotation, scale, HU jitter, noise).")] = True,
-    template: Annotated[Path | None, typer.Option(help="Site template (YAML/JSON); default: thoracic.")] = None,
+    template: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
+                                                  help="Site template (YAML/JSON); default: thoracic.")] = None,
     mapping: Annotated[Path | None, typer.Option(help="Structure name mapping (YAML: map, ignore).")] = None,
     label: Annotated[str | None, typer.Option(help="Label of a fully trained model (itvsam_model.json).")] = None,
     loss_balance: Annotated[float, typer.Option(help="Share of the class-balanced pixel loss (0-1).")] = 0.5,
@@ -553,7 +556,8 @@ def eval_command(
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Folder for eval.csv and eval.json.")] = None,
     refine: Annotated[bool, typer.Option(help="Refine like the pipeline (temporal filter, connectivity); else "
                                               "threshold 0.5.")] = True,
-    template: Annotated[Path | None, typer.Option(help="Site template (YAML/JSON); default: thoracic.")] = None,
+    template: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
+                                                  help="Site template (YAML/JSON); default: thoracic.")] = None,
     mapping: Annotated[Path | None, typer.Option(help="Structure name mapping (YAML: map, ignore).")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     device: Annotated[Device, typer.Option(help="Compute device.")] = Device.CPU,
