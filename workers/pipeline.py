@@ -37,14 +37,13 @@ from model.refine import ConnectivitySettings, RefineSettings, TemporalSettings,
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("reading", "segmenting", "refining", "writing", "done")
 # Share of the whole job each stage is given in ``Progress.fraction`` (segmenting dominates).
 _SPAN = {"reading": (0.0, 0.05), "segmenting": (0.05, 0.85), "refining": (0.85, 0.9), "writing": (0.9, 1.0)}
 
 
 @dataclass(frozen=True)
 class Progress:
-    """Where a job is: ``stage`` (one of ``STAGES``), ``fraction`` of the whole job (0..1), the phase being segmented
+    """Where a job is: ``stage`` (reading, segmenting, refining, writing, done), ``fraction`` of the whole job (0..1), the phase being segmented
     (1-based) of ``phases``, and a short message."""
 
     stage: str
