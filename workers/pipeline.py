@@ -43,8 +43,8 @@ _SPAN = {"reading": (0.0, 0.05), "segmenting": (0.05, 0.85), "refining": (0.85, 
 
 @dataclass(frozen=True)
 class Progress:
-    """Where a job is: ``stage`` (reading, segmenting, refining, writing, done), ``fraction`` of the whole job (0..1), the phase being segmented
-    (1-based) of ``phases``, and a short message."""
+    """Where a job is: ``stage`` (reading, segmenting, refining, writing, done), ``fraction`` of the whole job
+    (0..1), the phase being segmented (1-based) of ``phases``, and a short message."""
 
     stage: str
     fraction: float
