@@ -1,10 +1,10 @@
 """Evaluation against truth: per study, structure and phase, Dice, HD95, volume error and false-positive slices.
 
 ``evaluate`` runs a predictor (``model.predictor.SlicePredictor`` or anything with its ``predict``) over every phase of
-every study, turns probabilities into masks either by thresholding at 0.5 (``refine=False``) or by the pipeline's
-refinement (``refine=True``: the phase-coherent temporal filter on a 4DCT, then connectivity per structure spec, as
-``workers.pipeline`` does), and scores them. For a 4DCT, structures whose spec has ``itv`` also get a row for their
-union over phases (phase ``ITV``) against the union of the truth.
+every study, thresholds each structure's probabilities (at the model's calibrated threshold, ``model.calibration``,
+as the pipeline does; else 0.5), refines them unless ``refine=False`` (the phase-coherent temporal filter on a 4DCT,
+then connectivity per structure spec, as ``workers.pipeline`` does), and scores them. For a 4DCT, structures whose
+spec has ``itv`` also get a row for their union over phases (phase ``ITV``) against the union of the truth.
 
 Definitions (per phase, (z, y, x) masks on the CT grid): Dice and HD95 from ``model.metrics`` (HD95 NaN when one mask
 is empty, 0 when both are); ``volume_error_pct`` = 100 · (predicted − true volume) / true volume (NaN when the truth
@@ -26,6 +26,7 @@ import numpy as np
 
 from dicomrt.geometry import Geometry
 from dicomrt.structures import StructureSpec
+from model.calibration import DEFAULT_THRESHOLD, thresholds_for
 from model.datasets import AnnotatedVolume
 from model.metrics import dice, hd95
 from model.refine import ConnectivitySettings, RefineSettings, TemporalSettings, refine_structure
@@ -66,11 +67,11 @@ def score(study: str, structure: str, phase: str, predicted: np.ndarray, truth: 
 
 
 def study_masks(probabilities: np.ndarray, spec: StructureSpec, geometry: Geometry, refine: bool,
-                temporal: TemporalSettings | None) -> np.ndarray:
-    """(phase, z, y, x) probabilities → bool masks: threshold 0.5, or the pipeline's refinement (``refine``)."""
+                temporal: TemporalSettings | None, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """(phase, z, y, x) probabilities → bool masks: ≥ ``threshold``, then the pipeline's refinement (``refine``)."""
     if not refine:
-        return probabilities >= 0.5
-    settings = RefineSettings(temporal=temporal if probabilities.shape[0] > 1 else None,
+        return probabilities >= threshold
+    settings = RefineSettings(threshold=threshold, temporal=temporal if probabilities.shape[0] > 1 else None,
                               connectivity=ConnectivitySettings(min_volume_ml=spec.min_volume_ml,
                                                                 max_components=spec.components))
     return refine_structure(spec.name, probabilities, geometry, settings).refined
@@ -85,9 +86,12 @@ def group_studies(volumes: Sequence[AnnotatedVolume]) -> dict[str, list[Annotate
 
 
 def evaluate(predictor: Predictor, volumes: Sequence[AnnotatedVolume], template: Sequence[StructureSpec], *,
-             refine: bool = True, temporal: TemporalSettings | None = None) -> list[EvalRow]:
-    """Rows for every study, structure and phase (plus ITV rows, see the module docstring)."""
+             refine: bool = True, temporal: TemporalSettings | None = None,
+             thresholds: Mapping[str, float] | None = None) -> list[EvalRow]:
+    """Rows for every study, structure and phase (plus ITV rows, see the module docstring). ``thresholds``: the
+    model's calibrated ones (a structure they do not name takes 0.5)."""
     temporal = TemporalSettings() if temporal is None else temporal
+    threshold = thresholds_for([s.name for s in template], thresholds)
     rows: list[EvalRow] = []
     prompts = {s.name: s.prompts for s in template}
     for study, phases in group_studies(volumes).items():
@@ -97,7 +101,7 @@ def evaluate(predictor: Predictor, volumes: Sequence[AnnotatedVolume], template:
                 probabilities[name][k] = prediction.probability
         geometry = phases[0].geometry
         for spec in template:
-            masks = study_masks(probabilities[spec.name], spec, geometry, refine, temporal)
+            masks = study_masks(probabilities[spec.name], spec, geometry, refine, temporal, threshold[spec.name])
             truth = np.stack([v.masks[spec.name] for v in phases])
             for k, volume in enumerate(phases):
                 rows.append(score(study, spec.name, str(volume.phase), masks[k], truth[k], geometry))

@@ -16,11 +16,12 @@ from typing import Any
 
 from dicomrt.structures import StructureSpec
 from model.datasets import AnnotatedVolume, DomainShift, NameMapping, load_annotated, phantom_volumes
-from model.scratch import init_model_dir
-from model.training import ProgressCallback, Trainer, TrainResult, TrainSettings
+from model.scratch import init_model_dir, resize_model_dir
+from model.training import ProgressCallback, Trainer, TrainMode, TrainResult, TrainSettings
 
 PHANTOM_LABEL = "PHANTOM MODEL: for trying and commissioning the workflow on phantoms, NOT for patients"
 PHANTOM_ARTIFACTS = ("sorting", "duplicate")
+DEFAULT_IMAGE_SIZE = 224
 
 
 @dataclass(frozen=True)
@@ -73,18 +74,31 @@ def parse_seeds(text: str | None) -> tuple[int, ...]:
 
 
 def train_model(out_dir: Path, data: TrainingData, template: Sequence[StructureSpec], settings: TrainSettings, *,
-                model_dir: Path | None = None, image_size: int = 224, init_seed: int = 0, resume: bool = False,
-                device: str = "cpu", progress: ProgressCallback | None = None,
+                model_dir: Path | None = None, image_size: int | None = None, init_seed: int = 0,
+                resume: bool = False, device: str = "cpu", progress: ProgressCallback | None = None,
                 command: str | None = None) -> TrainResult:
     """Train into ``out_dir`` from ``model_dir``, or from scratch (``model_dir`` None: an initialised tiny-architecture
-    model at ``image_size`` written to ``out_dir/init``). Returns the result (best in ``out_dir/best``)."""
+    model at ``image_size``, default 224, written to ``out_dir/init``). With ``model_dir`` and an ``image_size`` (full
+    training only), the model is first copied to that input size (``model.scratch.resize_model_dir``) into
+    ``out_dir/init``. Returns the result (best in ``out_dir/best``)."""
     out_dir = Path(out_dir)
+    init_dir = out_dir / "init"
     if model_dir is None:
-        model_dir = out_dir / "init"
-        if not (resume and (model_dir / "config.json").is_file()):
-            init_model_dir(model_dir, image_size=image_size, seed=init_seed)
+        init: dict[str, Any] | None = {"image_size": image_size or DEFAULT_IMAGE_SIZE, "seed": init_seed}
+        if not (resume and (init_dir / "config.json").is_file()):
+            init_model_dir(init_dir, image_size=image_size or DEFAULT_IMAGE_SIZE, seed=init_seed)
+        model_dir = init_dir
+    elif image_size is not None:
+        if settings.mode is not TrainMode.FULL:
+            raise ValueError("a new input size (image_size) needs full training: a LoRA adapter is applied to its "
+                             "base model as it is")
+        init = {"image_size": image_size, "resized_from": str(model_dir)}
+        if not (resume and (init_dir / "config.json").is_file()):
+            resize_model_dir(model_dir, init_dir, image_size=image_size)
+        model_dir = init_dir
+    else:
+        init = None
     train, val = data.load(template)
-    record = {**data.record(), "command": command, "init": None if model_dir != out_dir / "init" else
-              {"image_size": image_size, "seed": init_seed}}
+    record = {**data.record(), "command": command, "init": init}
     trainer = Trainer(model_dir, train, val, template, out_dir, settings, device=device, data_record=record)
     return trainer.run(progress, resume=resume)

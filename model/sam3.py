@@ -8,7 +8,9 @@ Only safetensors are read (no pickle), only from disk (``local_files_only``). A 
 missing, or brings an unexpected or mis-shaped one, is refused.
 
 A model directory may also hold ``itvsam_model.json`` with a ``label`` (e.g. that it is a phantom model, not for
-patients); the label is part of the identity recorded with every result and is carried over by ``merge``.
+patients); the label is part of the identity recorded with every result and is carried over by ``merge``. A model or
+adapter directory may hold ``itvsam_calibration.json``, per-structure thresholds (``model.calibration``): part of the
+identity too, and carried from the adapter into the merged model by ``merge``.
 
 An adapter directory is peft's format (``adapter_config.json`` + ``adapter_model.safetensors``); it is merged into the
 base weights (``merge_and_unload``) in float32 before any cast, so inference runs on a plain ``Sam3Model``.
@@ -26,6 +28,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, Sam3Model
 
+from model.calibration import CALIBRATION_FILE, read_thresholds
 from model.preprocess import ImageSpec
 
 logger = logging.getLogger(__name__)
@@ -47,6 +50,7 @@ class ModelIdentity:
 
     ``merged_from`` is set for a checkpoint written by ``merge``: the identity of the base and adapter it came from.
     ``label``: the model directory's label (``itvsam_model.json``), e.g. that it is a phantom model.
+    ``thresholds``: the calibrated per-structure thresholds (of the adapter when there is one, else of the model).
     """
 
     config_sha256: str
@@ -54,11 +58,14 @@ class ModelIdentity:
     adapter_sha256: str | None = None
     merged_from: dict[str, str | None] | None = None
     label: str | None = None
+    thresholds: dict[str, float] | None = None
 
     @property
     def short(self) -> str:
         """12 hex digits summarising the whole identity (for logs and file names)."""
         text = f"{self.config_sha256}:{self.weights_sha256}:{self.adapter_sha256}"
+        if self.thresholds is not None:
+            text += ":" + json.dumps(self.thresholds, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict[str, object]:
@@ -152,12 +159,17 @@ def model_identity(model_dir: str | Path, adapter_dir: str | Path | None = None)
         merged_from = json.loads(record.read_text(encoding="utf-8"))
     label_file = path / MODEL_LABEL
     label = json.loads(label_file.read_text(encoding="utf-8")).get("label") if label_file.is_file() else None
+    try:
+        thresholds = read_thresholds(path if adapter_dir is None else adapter_dir)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from None
     return ModelIdentity(
         config_sha256=_canonical_json_sha256(path / "config.json", ("transformers_version", "_name_or_path")),
         weights_sha256=_sha256_files(_weight_files(path)),
         adapter_sha256=adapter_sha256(adapter_dir) if adapter_dir is not None else None,
         merged_from=merged_from,
         label=label,
+        thresholds=thresholds,
     )
 
 
@@ -218,8 +230,9 @@ def merge(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, *,
     """Merge a LoRA adapter into the base weights and write a self-contained model directory (``itvsam merge``).
 
     ``out_dir`` gets ``config.json`` (plain ``sam3``), ``model.safetensors`` (float32), the tokenizer and processor
-    files of the base, and ``itvsam_merge.json`` recording the base and adapter identities. Refuses an existing
-    non-empty ``out_dir`` unless ``overwrite``. Returns the identity of the written directory.
+    files of the base, the adapter's calibration, and ``itvsam_merge.json`` recording the base and adapter
+    identities. Refuses an existing non-empty ``out_dir`` unless ``overwrite``. Returns the identity of the written
+    directory.
     """
     base = check_model_dir(base_dir)
     adapter = check_adapter_dir(adapter_dir)
@@ -238,6 +251,8 @@ def merge(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, *,
     for name in (*TOKENIZER_FILES, *PROCESSOR_FILES, MODEL_LABEL):
         if (base / name).is_file():
             shutil.copy2(base / name, out / name)
+    if (adapter / CALIBRATION_FILE).is_file():
+        shutil.copy2(adapter / CALIBRATION_FILE, out / CALIBRATION_FILE)
     record = {"base_config_sha256": base_identity.config_sha256,
               "base_weights_sha256": base_identity.weights_sha256,
               "adapter_sha256": adapter_sha256(adapter)}

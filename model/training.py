@@ -11,7 +11,8 @@ Every ``epoch_steps`` steps: the sampler re-ranks items (online hard mining), th
 (the production ``SlicePredictor``; Dice and HD95 at threshold 0.5, before refinement), a checkpoint is written
 (``OUT/checkpoint``: trainable weights, optimizer, sampler table, random states), and when the mean Dice over
 structures improves the best result is saved in ``OUT/best``: a peft adapter (LoRA) or a model directory (full),
-with ``training_record.json`` (data, settings, metrics, history). ``resume=True`` continues from the checkpoint
+with ``training_record.json`` (data, settings, metrics, history) and the per-structure thresholds calibrated on the
+validation volumes (``model.calibration``). ``resume=True`` continues from the checkpoint
 bit for bit (same data and settings required). Deterministic given ``seed`` (on CPU).
 """
 
@@ -36,6 +37,7 @@ from transformers import PreTrainedTokenizerBase, Sam3Model
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from dicomrt.structures import StructureSpec
+from model.calibration import calibrate, dice_curve, write_calibration
 from model.datasets import AnnotatedVolume
 from model.lora import LoraSettings, apply_lora, save_adapter
 from model.losses import LossSettings, item_losses
@@ -143,7 +145,8 @@ def forward_items(model: torch.nn.Module, images: torch.Tensor, slice_of: torch.
 
 def validate(model: Sam3Model, tokenizer: PreTrainedTokenizerBase, spec: ImageSpec, volumes: Sequence[AnnotatedVolume],
              template: Sequence[StructureSpec], device: str = "cpu") -> dict[str, dict[str, float]]:
-    """Mean Dice and HD95 (mm) per structure over ``volumes`` (threshold 0.5, no refinement), plus ``mean`` Dice.
+    """Mean Dice and HD95 (mm) per structure over ``volumes`` (threshold 0.5, no refinement), plus ``mean`` Dice;
+    per structure also its calibrated ``threshold`` and the Dice there, ``dice_calibrated`` (``model.calibration``).
 
     HD95 is averaged over volumes where both masks are non-empty (NaN when there is none)."""
     from model.network import Sam3SliceNetwork
@@ -153,10 +156,12 @@ def validate(model: Sam3Model, tokenizer: PreTrainedTokenizerBase, spec: ImageSp
     network = Sam3SliceNetwork(model, tokenizer, spec)
     predictor = SlicePredictor(network, PredictorSettings(batch_size=16, device=device))
     scores: dict[str, dict[str, list[float]]] = {s.name: {"dice": [], "hd95_mm": []} for s in template}
+    curves: dict[str, list[np.ndarray]] = {s.name: [] for s in template}
     for volume in volumes:
         result = predictor.predict(volume.hu, {s.name: s.prompts for s in template})
         for s in template:
             predicted, truth = result[s.name].probability >= 0.5, volume.masks[s.name]
+            curves[s.name].append(dice_curve(result[s.name].probability, truth))
             scores[s.name]["dice"].append(dice(predicted, truth))
             distance = hd95(predicted, truth, volume.spacing_mm)
             if predicted.any() and truth.any():
@@ -164,7 +169,9 @@ def validate(model: Sam3Model, tokenizer: PreTrainedTokenizerBase, spec: ImageSp
     model.train(was_training)
     metrics = {name: {k: float(np.mean(v)) if v else float("nan") for k, v in values.items()}
                for name, values in scores.items()}
-    metrics["mean"] = {"dice": float(np.mean([m["dice"] for m in metrics.values()]))}
+    for name, calibrated in calibrate(curves).items():
+        metrics[name].update(threshold=calibrated["threshold"], dice_calibrated=calibrated["dice"])
+    metrics["mean"] = {key: float(np.mean([m[key] for m in metrics.values()])) for key in ("dice", "dice_calibrated")}
     return metrics
 
 
@@ -327,6 +334,10 @@ class Trainer:
             if self.settings.label:
                 (best / MODEL_LABEL).write_text(json.dumps({"label": self.settings.label}, indent=2) + "\n",
                                                 encoding="utf-8")
+        if metrics:
+            write_calibration(best, {name: {"threshold": m["threshold"], "dice": m["dice_calibrated"],
+                                            "dice_at_default": m["dice"]}
+                                     for name, m in metrics.items() if name != "mean"}, len(self.val_volumes))
         (best / RECORD).write_text(json.dumps(self.record(), indent=2, default=str) + "\n", encoding="utf-8")
 
     def record(self) -> dict[str, Any]:

@@ -456,8 +456,9 @@ def train(
     val_seeds: Annotated[str | None, typer.Option(help="Validate on in-memory phantoms, e.g. 200.")] = None,
     model: Annotated[Path | None, typer.Option(help="Starting SAM 3 snapshot (LoRA base).")] = None,
     from_scratch: Annotated[bool, typer.Option(help="Start from an initialised tiny-architecture model.")] = False,
-    image_size: Annotated[int, typer.Option(help="Input size of a model trained from scratch (multiple of 14).")]
-    = 224,
+    image_size: Annotated[int | None, typer.Option(help="Input size (multiple of 14) of a model trained from scratch "
+                                                        "(default 224), or a new one for --model in full mode.")]
+    = None,
     mode: Annotated[TrainModeOption, typer.Option(help="lora: LoRA on the ViT attention; full: every weight.")]
     = TrainModeOption.LORA,
     rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
@@ -540,12 +541,15 @@ def train(
             raise _fail(EXIT_MODEL, "model_unavailable", str(exc), False) from None
         except FileExistsError as exc:
             raise _fail(EXIT_PATH, "output_exists", str(exc), False) from None
+        except ValueError as exc:  # e.g. a validation seed that is also a training seed, a resize in LoRA mode
+            raise _fail(EXIT_USAGE, "invalid_training", str(exc), False) from None
     metrics = result.best_metrics
     console.print(f"best (epoch {result.best_epoch}) saved to {result.best_dir} after {result.seconds:.0f} s",
                   highlight=False)
     for name, values in metrics.items():
         if name != "mean":
-            console.print(f"  {name}: Dice {values['dice']:.3f}, HD95 {values['hd95_mm']:.1f} mm", highlight=False)
+            console.print(f"  {name}: Dice {values['dice']:.3f}, HD95 {values['hd95_mm']:.1f} mm at 0.5; calibrated "
+                          f"threshold {values['threshold']:g} (Dice {values['dice_calibrated']:.3f})", highlight=False)
 
 
 @app.command(name="eval")
@@ -555,7 +559,7 @@ def eval_command(
     adapter: Annotated[Path | None, typer.Option(help="LoRA adapter (peft) merged on load.")] = None,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Folder for eval.csv and eval.json.")] = None,
     refine: Annotated[bool, typer.Option(help="Refine like the pipeline (temporal filter, connectivity); else "
-                                              "threshold 0.5.")] = True,
+                                              "the thresholded masks only.")] = True,
     template: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
                                                   help="Site template (YAML/JSON); default: thoracic.")] = None,
     mapping: Annotated[Path | None, typer.Option(help="Structure name mapping (YAML: map, ignore).")] = None,
@@ -563,6 +567,7 @@ def eval_command(
     device: Annotated[Device, typer.Option(help="Compute device.")] = Device.CPU,
 ) -> None:
     """Score a model on annotated studies: Dice, HD95, volume error, false-positive slices per structure and phase."""
+    from model.calibration import thresholds_for
     from model.datasets import AnnotationError, NameMapping, load_annotated
     from model.evaluate import evaluate, summarise, write_report
     from model.sam3 import ModelLoadError
@@ -578,8 +583,11 @@ def eval_command(
         engine = load_engine(model, adapter, device=device.value)
     except (ModelLoadError, OSError) as exc:
         raise _fail(EXIT_MODEL, "model_unavailable", str(exc), False) from None
-    rows = evaluate(engine.predictor, volumes, specs, refine=refine)
-    table = Table(title=f"{len({r.study for r in rows})} stud(ies), {'refined' if refine else 'threshold 0.5'}")
+    thresholds = thresholds_for([s.name for s in specs], engine.identity.get("thresholds"))
+    rows = evaluate(engine.predictor, volumes, specs, refine=refine, thresholds=thresholds)
+    shown = ", ".join(f"{name} {value:g}" for name, value in thresholds.items())
+    table = Table(title=f"{len({r.study for r in rows})} stud(ies), thresholds {shown}, "
+                        f"{'refined' if refine else 'not refined'}")
     for column in ("study", "structure", "phase", "Dice", "HD95 mm", "volume ml", "truth ml", "vol. err %", "FP sl."):
         table.add_column(column, justify="left" if column in ("study", "structure") else "right")
     for r in rows:
@@ -592,7 +600,7 @@ def eval_command(
                       highlight=False)
     if out is not None:
         csv_path, json_path = write_report(rows, out, {"model": engine.identity, "data": [str(d) for d in data],
-                                                       "refine": refine})
+                                                       "refine": refine, "thresholds": thresholds})
         console.print(f"wrote {csv_path} and {json_path}", highlight=False)
 
 

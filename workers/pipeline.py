@@ -4,8 +4,9 @@ Two drivers call ``run_job``: ``itvsam run`` (in-process, with a progress bar) a
 job manifest). Stages hand typed data to the next; only the input folder is read and only ``out_dir`` is written:
 
 ``reading``     ``scan_study`` + ``load_study`` (refusals raise ``StudyError``: bad input, never retried)
-``segmenting``  the slice predictor on every phase: per structure a (phase, z, y, x) mask (probability ≥ threshold,
-                thresholded phase by phase so that a full-size study holds bool, not float, volumes)
+``segmenting``  the slice predictor on every phase: per structure a (phase, z, y, x) mask (probability ≥ the
+                structure's threshold, thresholded phase by phase so that a full-size study holds bool, not float,
+                volumes)
 ``refining``    ``refine_structure`` per structure (phase-coherent temporal filter on a 4DCT, connectivity per spec),
                 then volumes, centroids and motion per phase
 ``writing``     AIP/MIP series the study lacks, RTSTRUCTs (per phase, reference with ITV, combined), DICOM SEG per
@@ -32,6 +33,7 @@ from dicomrt.rt_outputs import OutputMode, check_masks, write_rtstructs
 from dicomrt.seg import write_segs
 from dicomrt.structures import StructureSpec, template_from_dict, thoracic_template
 from dicomrt.study import Study4D, index_summary
+from model.calibration import thresholds_for
 from model.itv import motion
 from model.refine import ConnectivitySettings, RefineSettings, TemporalSettings, refine_structure
 
@@ -61,8 +63,9 @@ class JobOptions:
     """What a job makes. ``template``: the structures (default thoracic: GTV with ITV, lungs, heart). ``mode``: which
     RTSTRUCTs. ``seg``: DICOM SEG per phase. ``projections``: write the AIP/MIP the study lacks (the reference
     RTSTRUCT then goes on the new AIP). ``study``: the study to use when the input holds several (UID or hash).
-    ``reference_percent``: the reference phase when there is no AIP. ``threshold``: on the predicted probability.
-    ``temporal``: the phase-coherent filter."""
+    ``reference_percent``: the reference phase when there is no AIP. ``threshold``: on the predicted probability,
+    one for every structure; None: each structure's calibrated threshold (``model.calibration``), 0.5 for a structure
+    the model has none for. ``temporal``: the phase-coherent filter."""
 
     template: tuple[StructureSpec, ...] = field(default_factory=thoracic_template)
     mode: OutputMode = OutputMode.ALL
@@ -70,8 +73,17 @@ class JobOptions:
     projections: bool = True
     study: str | None = None
     reference_percent: float = 50.0
-    threshold: float = 0.5
+    threshold: float | None = None
     temporal: TemporalSettings = field(default_factory=TemporalSettings)
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must lie strictly between 0 and 1 (or be None), got {self.threshold}")
+
+    def thresholds(self, calibrated: dict[str, float] | None) -> dict[str, float]:
+        """The threshold of every structure of the template: ``threshold`` if set, else the model's ``calibrated``
+        one, else 0.5 (``model.calibration.thresholds_for``)."""
+        return thresholds_for([spec.name for spec in self.template], calibrated, self.threshold)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -160,6 +172,8 @@ def run_job(study_dir: Path, out_dir: Path, engine: Engine, options: JobOptions 
     report("refining", 0.0, "phase-coherent filtering and connectivity")
     start = time.perf_counter()
     refined, structures = _refine(study, options, predicted)
+    for name, threshold in options.thresholds(engine.identity.get("thresholds")).items():
+        structures[name]["threshold"] = threshold
     timings["refining_s"] = time.perf_counter() - start
 
     report("writing", 0.0, "writing DICOM-RT outputs")
@@ -217,8 +231,9 @@ class _Reporter:
 
 
 def _segment(study: Study4D, options: JobOptions, engine: Engine, report: _Reporter) -> dict[str, np.ndarray]:
-    """Per structure a (phase, z, y, x) bool mask: the slice predictor's probability ≥ ``options.threshold``."""
+    """Per structure a (phase, z, y, x) bool mask: the slice predictor's probability ≥ the structure's threshold."""
     prompts = {spec.name: spec.prompts for spec in options.template}
+    thresholds = options.thresholds(engine.identity.get("thresholds"))
     n = len(study.phases)
     shape = (n, *study.phases[0].geometry.shape)
     masks = {name: np.zeros(shape, dtype=bool) for name in prompts}
@@ -228,7 +243,7 @@ def _segment(study: Study4D, options: JobOptions, engine: Engine, report: _Repor
 
         report("segmenting", k / n, f"phase {phase.label}", k + 1, n)
         for name, prediction in engine.predictor.predict(phase.volume, prompts, progress=on_batch).items():
-            masks[name][k] = prediction.probability >= options.threshold
+            masks[name][k] = prediction.probability >= thresholds[name]
     return masks
 
 

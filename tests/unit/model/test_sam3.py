@@ -12,6 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import Sam3Config, Sam3Model
 
+from model.calibration import write_calibration
 from model.lora import LoraSettings, apply_lora, load_adapter, save_adapter
 from model.sam3 import ModelLoadError, load_base_model, load_sam3, merge, model_identity
 from model.tiny import tiny_vocabulary, write_tiny_checkpoint
@@ -114,6 +115,7 @@ def test_lora_apply_merge_save_reload_gives_identical_outputs(tiny_dir: Path, tm
     adapted_out = _outputs(adapted)
     assert not torch.allclose(adapted_out["semantic_seg"], base_out["semantic_seg"])
     adapter_dir = save_adapter(adapted, tmp_path / "adapter")
+    write_calibration(adapter_dir, {"Heart": {"threshold": 0.45, "dice": 0.9, "dice_at_default": 0.88}}, 1)
     # adapter reloaded from disk onto a fresh base, merged in memory
     merged_in_memory = load_adapter(load_base_model(tiny_dir), adapter_dir).merge_and_unload()
     # merged, saved and reloaded as a model directory
@@ -127,6 +129,7 @@ def test_lora_apply_merge_save_reload_gives_identical_outputs(tiny_dir: Path, tm
     assert identity.merged_from["adapter_sha256"] == via_adapter.identity.adapter_sha256
     assert identity.merged_from["base_weights_sha256"] == model_identity(tiny_dir).weights_sha256
     assert via_adapter.identity.short != model_identity(tiny_dir).short
+    assert identity.thresholds == via_adapter.identity.thresholds == {"Heart": 0.45}  # merge carries the calibration
     with pytest.raises(FileExistsError, match="not empty"):
         merge(tiny_dir, adapter_dir, tmp_path / "merged")
 

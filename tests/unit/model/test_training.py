@@ -105,9 +105,15 @@ def test_lora_training_saves_the_best_adapter_with_its_record(scratch_dir: Path,
     assert record["kind"] == "lora_adapter" and record["data"]["train_seeds"] == [0]
     assert record["parameters"]["trainable"] < record["parameters"]["total"] / 10
     assert set(record["best"]["validation"]) == {"Lung_L", "Heart", "mean"}
+    assert set(record["best"]["validation"]["Heart"]) == {"dice", "hd95_mm", "threshold", "dice_calibrated"}
     assert len(record["history"]) == 2
+    calibration = json.loads((best / "itvsam_calibration.json").read_text())
+    assert calibration["volumes"] == 1
+    assert calibration["thresholds"] == {name: record["best"]["validation"][name]["threshold"] for name in NAMES}
     loaded = load_sam3(scratch_dir, adapter_dir=best)
     assert loaded.identity.adapter_sha256 is not None
+    assert loaded.identity.thresholds == calibration["thresholds"]
+    assert load_sam3(scratch_dir).identity.thresholds is None  # the base's own calibration (none) is not the adapter's
 
 
 def test_full_training_writes_a_loadable_labelled_model(scratch_dir: Path, tmp_path: Path) -> None:
@@ -118,6 +124,21 @@ def test_full_training_writes_a_loadable_labelled_model(scratch_dir: Path, tmp_p
     loaded = load_sam3(result.best_dir)
     assert loaded.identity.label == "PHANTOM"
     assert loaded.identity.to_dict()["label"] == "PHANTOM"
+    assert loaded.identity.thresholds is None  # no validation volume: nothing calibrated
+
+
+def test_a_model_resized_to_another_input_keeps_every_weight(scratch_dir: Path, tmp_path: Path) -> None:
+    from model.recipes import TrainingData, train_model
+    from model.sam3 import load_base_model, load_sam3
+    from model.scratch import resize_model_dir
+
+    resized = load_sam3(resize_model_dir(scratch_dir, tmp_path / "168", image_size=168))
+    assert resized.image_spec.image_size == 168
+    original = load_base_model(scratch_dir).state_dict()
+    assert all(torch.equal(original[name], tensor) for name, tensor in resized.model.state_dict().items())
+    with pytest.raises(ValueError, match="needs full training"):
+        train_model(tmp_path / "lora", TrainingData(phantom_seeds=(0,)), TOY_TEMPLATE,
+                    _settings(mode=TrainMode.LORA), model_dir=scratch_dir, image_size=168)
 
 
 def test_name_mapping_maps_clinic_names_and_refuses_unmapped_or_missing() -> None:

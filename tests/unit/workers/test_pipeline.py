@@ -39,3 +39,14 @@ def test_model_text_carries_the_phantom_label_within_a_dicom_lo():
     assert text == "itvsam SAM3 97b36ccc786c PHANTOM MODEL"
     assert _model_text({"short": "0123456789ab", "label": None}) == "itvsam SAM3 0123456789ab"
     assert len(_model_text({"short": "0" * 12, "label": "X" * 200})) == 64
+
+
+def test_thresholds_are_the_jobs_or_the_models_calibrated_ones() -> None:
+    options = JobOptions(template=thoracic_template())
+    assert options.threshold is None
+    assert options.thresholds({"GTV": 0.4, "Heart": 0.6, "Other": 0.3}) == {
+        "GTV": 0.4, "Lung_L": 0.5, "Lung_R": 0.5, "Heart": 0.6}
+    assert set(JobOptions(threshold=0.55).thresholds({"GTV": 0.4}).values()) == {0.55}
+    assert JobOptions.from_json(JobOptions(threshold=0.55).to_json()).threshold == 0.55
+    with pytest.raises(ValueError, match="threshold must lie strictly between 0 and 1"):
+        JobOptions(threshold=1.0)
