@@ -15,7 +15,7 @@ Templates load from YAML or JSON (``load_template``)::
       - name: Heart
         prompts: [heart]
         type: ORGAN
-        components: 1        # optional: connected components per phase (default: keep all supported ones)
+        components: 1        # optional: how many objects the structure is (default: keep all supported ones)
         min_volume_ml: 1.0   # optional: drop smaller specks (default 0.05)
 """
 
@@ -108,9 +108,10 @@ class StructureSpec:
     ``prompts``: the text prompts given to the model (at least one). ``colour``: RGB, each 0-255.
     ``interpreted_type``: RTROIInterpretedType (a ``RoiType`` or its string). ``itv``: whether the union over phases
     (its internal target volume, or an organ's motion envelope) is written to the reference RTSTRUCT.
-    Post-processing: ``components``, how many 3D connected components the structure has in one phase (1 for a lung or
-    the heart; None keeps every temporally supported one, as for tumours), and ``min_volume_ml``, below which a
-    component is dropped as a speck.
+    Post-processing: ``components``, how many objects the structure is (1 for a lung, the heart or a single tumour;
+    None keeps every one the temporal filter supports): on a 4DCT an object is a 3D component followed over the
+    phases, and the largest by volume over all phases are kept (``model.refine``); on a 3D CT the largest 3D
+    components. ``min_volume_ml``: below it a 3D component is dropped as a speck.
     """
 
     name: str
@@ -166,9 +167,10 @@ class StructureSpec:
 
 
 def thoracic_template() -> tuple[StructureSpec, ...]:
-    """The default thoracic template: the tumour (with its ITV) and the lungs and heart."""
+    """The default thoracic template: the tumour (one lesion, with its ITV) and the lungs and heart. For several
+    lesions use a template whose GTV has ``components`` null (or the count): the job's flags name what was removed."""
     return (
-        StructureSpec("GTV", ("lung tumor", "tumour"), COLOURS["GTV"], RoiType.GTV, itv=True),
+        StructureSpec("GTV", ("lung tumor", "tumour"), COLOURS["GTV"], RoiType.GTV, itv=True, components=1),
         StructureSpec("Lung_L", ("left lung",), COLOURS["Lung_L"], RoiType.ORGAN, components=1, min_volume_ml=1.0),
         StructureSpec("Lung_R", ("right lung",), COLOURS["Lung_R"], RoiType.ORGAN, components=1, min_volume_ml=1.0),
         StructureSpec("Heart", ("heart",), COLOURS["Heart"], RoiType.ORGAN, components=1, min_volume_ml=1.0),

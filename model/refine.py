@@ -17,7 +17,11 @@ grid (``Geometry``). Steps, in order (``refine_structure``):
    but not in that one) gets the motion-compensated shape interpolation of the two neighbours (``interpolate_shape``):
    both moved half-way towards each other, then the voxels where the mean of their signed distance maps is ≤ 0.
 5. Holes: ``binary_fill_holes`` in 3D, and per axial slice when ``fill_holes_per_slice``.
-6. Component count: only the ``max_components`` largest components of each phase are kept (None: all).
+6. Component count (``max_components``; None: all). On a 4DCT the objects are the linked groups of step 3: only the
+   ``max_components`` supported groups of the largest volume summed over the phases are kept, with all their parts
+   in every phase (a tumour that an artefact splits in one phase keeps both parts, and a false positive cannot stand
+   in for the target in the one phase where it happens to be larger). Without the temporal filter (a 3D CT), the
+   ``max_components`` largest 3D components are kept.
 
 Everything is explicit in frozen settings; ``RefinementReport`` counts what each step did per phase.
 """
@@ -296,11 +300,12 @@ def interpolate_shape(before: np.ndarray, after: np.ndarray, spacing_mm: Sequenc
     return out
 
 
-def temporal_filter(masks: np.ndarray, spacing_mm: Sequence[float], settings: TemporalSettings
-                    ) -> tuple[np.ndarray, list[int], list[int]]:
-    """Apply steps 3–4 of the module docstring to (phase, z, y, x) bool masks.
+def temporal_filter(masks: np.ndarray, spacing_mm: Sequence[float], settings: TemporalSettings,
+                    max_groups: int | None = None) -> tuple[np.ndarray, list[int], list[int], list[int]]:
+    """Apply steps 3–4 of the module docstring to (phase, z, y, x) bool masks, and step 6 with ``max_groups``.
 
-    Returns the filtered masks, the number of components removed per phase and the phases filled by interpolation.
+    Returns the filtered masks, per phase the number of components removed for too little support and the number
+    removed beyond ``max_groups``, and the phases filled by interpolation.
     """
     masks = np.asarray(masks, dtype=bool)
     n_phases = masks.shape[0]
@@ -308,27 +313,33 @@ def temporal_filter(masks: np.ndarray, spacing_mm: Sequence[float], settings: Te
     labels = [lab for lab, _ in labelled]
     counts = [c for _, c in labelled]
     needed = min(settings.min_phases, n_phases)
-    if n_phases == 1 or needed <= 1 or sum(counts) == 0:
-        return masks.copy(), [0] * n_phases, []
+    if sum(counts) == 0 or (needed <= 1 and max_groups is None):  # nothing to filter
+        return masks.copy(), [0] * n_phases, [0] * n_phases, []
     groups, offsets = _link_components(labels, counts, spacing_mm, settings)
+    root_of = [[groups.find(offsets[p] + a) for a in range(counts[p])] for p in range(n_phases)]
     phases_of: dict[int, set[int]] = {}
+    volume_of: dict[int, int] = {}
     for p in range(n_phases):
-        for a in range(counts[p]):
-            phases_of.setdefault(groups.find(offsets[p] + a), set()).add(p)
+        sizes = np.bincount(labels[p].ravel(), minlength=counts[p] + 1)[1:]
+        for a, root in enumerate(root_of[p]):
+            phases_of.setdefault(root, set()).add(p)
+            volume_of[root] = volume_of.get(root, 0) + int(sizes[a])
     support = {root: longest_run(sorted(ph), n_phases, settings.max_gap, settings.cyclic)
                for root, ph in phases_of.items()}
+    supported = sorted((root for root in phases_of if support[root] >= needed), key=lambda r: (-volume_of[r], r))
+    kept = set(supported if max_groups is None else supported[:max_groups])
     out = np.zeros_like(masks)
-    removed = [0] * n_phases
+    removed, extra = [0] * n_phases, [0] * n_phases
     for p in range(n_phases):
         keep = np.zeros(counts[p] + 1, dtype=bool)
-        for a in range(counts[p]):
-            keep[a + 1] = support[groups.find(offsets[p] + a)] >= needed
+        keep[1:] = [root in kept for root in root_of[p]]
         out[p] = keep[labels[p]]
-        removed[p] = int(counts[p] - keep.sum())
+        removed[p] = sum(support[root] < needed for root in root_of[p])
+        extra[p] = int(counts[p] - keep.sum() - removed[p])
     filled: list[int] = []
-    if settings.fill_gaps and settings.max_gap >= 1:
+    if settings.fill_gaps and settings.max_gap >= 1 and needed > 1:
         for root, ph in phases_of.items():
-            if support[root] < needed:
+            if root not in kept:
                 continue
             for q in range(n_phases):
                 before, after = q - 1, q + 1
@@ -338,11 +349,11 @@ def temporal_filter(masks: np.ndarray, spacing_mm: Sequence[float], settings: Te
                     continue
                 if q in ph or before not in ph or after not in ph:
                     continue
-                group_mask = [np.isin(labels[k], [a + 1 for a in range(counts[k])
-                                                  if groups.find(offsets[k] + a) == root]) for k in (before, after)]
+                group_mask = [np.isin(labels[k], [a + 1 for a, r in enumerate(root_of[k]) if r == root])
+                              for k in (before, after)]
                 out[q] |= interpolate_shape(group_mask[0], group_mask[1], spacing_mm)
                 filled.append(q)
-    return out, removed, sorted(set(filled))
+    return out, removed, extra, sorted(set(filled))
 
 
 def refine_structure(
@@ -374,21 +385,20 @@ def _refine_box(raw: np.ndarray, geometry: Geometry, settings: RefineSettings) -
     conn = settings.connectivity
     min_voxels = int(np.ceil(conn.min_volume_ml / voxel_volume_ml(geometry))) if conn.min_volume_ml > 0 else 0
     n_phases = raw.shape[0]
-    components, removed_small, removed_extra = [], [], []
+    components, removed_small = [], []
     masks = np.empty_like(raw)
     for p in range(n_phases):
         components.append(_label(raw[p])[1])
         masks[p], n_removed = remove_small(raw[p], min_voxels)
         removed_small.append(n_removed)
-    removed_temporal, filled = [0] * n_phases, []
+    removed_temporal, removed_extra, filled = [0] * n_phases, [0] * n_phases, []
     if settings.temporal is not None:
-        masks, removed_temporal, filled = temporal_filter(masks, spacing, settings.temporal)
+        masks, removed_temporal, removed_extra, filled = temporal_filter(masks, spacing, settings.temporal,
+                                                                         conn.max_components)
     for p in range(n_phases):
         if conn.fill_holes or conn.fill_holes_per_slice:
             masks[p] = fill_holes(masks[p], volume=conn.fill_holes, per_slice=conn.fill_holes_per_slice)
-        n_removed = 0
-        if conn.max_components is not None:
-            masks[p], n_removed = keep_largest(masks[p], conn.max_components)
-        removed_extra.append(n_removed)
+        if settings.temporal is None and conn.max_components is not None:
+            masks[p], removed_extra[p] = keep_largest(masks[p], conn.max_components)
     return masks, RefinementReport(tuple(components), tuple(removed_small), tuple(removed_temporal),
                                    tuple(removed_extra), tuple(filled))

@@ -473,6 +473,8 @@ def train(
     seed: Annotated[int, typer.Option(help="Sampling, augmentation and initialisation seed.")] = 0,
     hard_negatives: Annotated[bool, typer.Option(help="Negatives (absent / other structures' slices) and online "
                                                       "hard mining.")] = True,
+    negative_fraction: Annotated[float, typer.Option(help="Share of the drawing mass on negatives (hard negative "
+                                                          "mining).")] = 0.35,
     augment: Annotated[bool, typer.Option(help="CT augmentation (rotation, scale, HU jitter, noise).")] = True,
     template: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
                                                   help="Site template (YAML/JSON); default: thoracic.")] = None,
@@ -514,6 +516,7 @@ def train(
             lora=LoraSettings(rank=rank, alpha=2.0 * rank, attention=tuple(t for t in targets.split(",") if t),
                               mlp=mlp),
             mining=MiningSettings(structure_weights=_structure_weights(structure_weight),
+                                  negative_fraction=negative_fraction,
                                   **({} if hard_negatives else {"negatives": False, "companions": False,
                                                                 "online": False})),
             loss=LossSettings(balance=loss_balance, recall_beta=recall_beta),

@@ -200,7 +200,7 @@ def run_job(study_dir: Path, out_dir: Path, engine: Engine, options: JobOptions 
         "study": index_summary(index),
         "reference_rtstruct_series": (reference or index.reference).label,
         "structures": structures,
-        "flags": _flags(structures),
+        "flags": _flags(structures, options.template),
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "outputs": {
             "rtstruct": [p.name for p in rtstructs],
@@ -279,9 +279,11 @@ def _model_text(identity: dict[str, Any]) -> str:
     return (f"itvsam SAM3 {identity['short']}" + (f" {label}" if label else ""))[:64]
 
 
-def _flags(structures: dict[str, Any]) -> list[str]:
-    """What a physicist should look at before using the contours: empty phases, refilled phases, removed artefacts."""
+def _flags(structures: dict[str, Any], template: tuple[StructureSpec, ...]) -> list[str]:
+    """What a physicist should look at before using the contours: empty phases, refilled phases, removed artefacts,
+    and, for a target, components removed beyond its template's object count (a second lesion?)."""
     flags = []
+    specs = {spec.name: spec for spec in template}
     for name, summary in structures.items():
         phases, report = summary["phases"], summary["refinement"]
         empty = [phases[k] for k, v in enumerate(summary["volumes_ml"]) if v == 0]
@@ -292,6 +294,10 @@ def _flags(structures: dict[str, Any]) -> list[str]:
                          f"filled by interpolation between neighbouring phases")
         if sum(report["removed_temporal"]):
             flags.append(f"{name}: {sum(report['removed_temporal'])} component(s) present in too few phases removed")
+        extra = [phases[k] for k, n in enumerate(report["removed_extra"]) if n]
+        if specs[name].itv and extra:
+            flags.append(f"{name}: {sum(report['removed_extra'])} smaller component(s) in {len(extra)} phase(s) "
+                         f"removed beyond the template's {specs[name].components} object(s): check for another lesion")
     return flags
 
 

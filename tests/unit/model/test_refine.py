@@ -111,10 +111,10 @@ def test_temporal_filter_links_a_fast_target_within_the_motion_tolerance() -> No
     # a small target that jumps 12 mm per phase never overlaps itself: only the distance link keeps it
     truth = np.stack([ellipsoid(GEOMETRY, (40, 40, 20 + 12 * (p % 5) if p < 5 else 20 + 12 * (10 - p)), (3, 3, 3))
                       for p in range(10)])
-    kept, removed, _ = temporal_filter(truth, GEOMETRY.spacing_mm, TemporalSettings(motion_tolerance_mm=10.0))
+    kept, removed, _, _ = temporal_filter(truth, GEOMETRY.spacing_mm, TemporalSettings(motion_tolerance_mm=10.0))
     np.testing.assert_array_equal(kept, truth)
     assert removed == [0] * 10
-    dropped, removed, _ = temporal_filter(truth, GEOMETRY.spacing_mm, TemporalSettings(motion_tolerance_mm=2.0))
+    dropped, removed, _, _ = temporal_filter(truth, GEOMETRY.spacing_mm, TemporalSettings(motion_tolerance_mm=2.0))
     assert not dropped.any() and sum(removed) == 10
 
 
@@ -122,12 +122,32 @@ def test_support_threshold_and_non_cyclic_series() -> None:
     blob = ellipsoid(GEOMETRY, (40, 40, 50), (6, 6, 6))
     masks = np.zeros((10, *GEOMETRY.shape), dtype=bool)
     masks[[9, 0, 1]] = blob  # three phases across the wrap-around
-    kept, _, _ = temporal_filter(masks, GEOMETRY.spacing_mm, TemporalSettings(min_phases=3))
+    kept, _, _, _ = temporal_filter(masks, GEOMETRY.spacing_mm, TemporalSettings(min_phases=3))
     assert kept[9].any() and kept[0].any() and kept[1].any()
-    kept, _, _ = temporal_filter(masks, GEOMETRY.spacing_mm, TemporalSettings(min_phases=3, cyclic=False))
+    kept, _, _, _ = temporal_filter(masks, GEOMETRY.spacing_mm, TemporalSettings(min_phases=3, cyclic=False))
     assert not kept.any()  # without wrap-around: runs of 1 and 2 phases
-    kept, _, _ = temporal_filter(masks, GEOMETRY.spacing_mm, TemporalSettings(min_phases=4))
+    kept, _, _, _ = temporal_filter(masks, GEOMETRY.spacing_mm, TemporalSettings(min_phases=4))
     assert not kept.any()
+
+
+def test_on_a_4dct_the_component_count_keeps_whole_objects_over_the_phases() -> None:
+    from scipy import ndimage
+
+    # the target (moving) is cut in two by an artefact in phase 0; a persistent false positive elsewhere is smaller
+    # than the target, but larger than either part in phase 0
+    truth, _ = moving_tumour(GEOMETRY, n_phases=10)
+    masks = truth.copy()
+    z = np.nonzero(truth[0].any(axis=(1, 2)))[0]
+    masks[0, z[len(z) // 2 - 1:len(z) // 2 + 1]] = False
+    false_positive = ellipsoid(GEOMETRY, (12, 12, 15), (7, 7, 7))
+    parts = np.bincount(ndimage.label(masks[0])[0].ravel())[1:]
+    assert len(parts) == 2 and parts.max() < false_positive.sum() < truth[1:].sum(axis=(1, 2, 3)).min()
+    masks |= false_positive
+    result = refine_structure("GTV", masks, GEOMETRY, RefineSettings(
+        connectivity=ConnectivitySettings(max_components=1, fill_holes=False)))
+    np.testing.assert_array_equal(result.refined[1:], truth[1:])
+    np.testing.assert_array_equal(result.refined[0], masks[0] & ~false_positive)  # both parts of the target
+    assert result.report.removed_extra == (1,) * 10 and result.report.removed_temporal == (0,) * 10
 
 
 def test_refinement_without_temporal_filter_and_component_limits() -> None:

@@ -22,13 +22,18 @@ def test_flags_name_empty_filled_and_removed():
     from workers.pipeline import _flags
 
     structures = {"GTV": {"phases": ["0%", "50%", "90%"], "volumes_ml": [3.1, 0.0, 2.9],
-                          "refinement": {"filled_phases": [2], "removed_temporal": [0, 2, 1]}},
+                          "refinement": {"filled_phases": [2], "removed_temporal": [0, 2, 1],
+                                         "removed_extra": [1, 0, 2]}},
                   "Heart": {"phases": ["0%", "50%", "90%"], "volumes_ml": [600.0, 610.0, 605.0],
-                            "refinement": {"filled_phases": [], "removed_temporal": [0, 0, 0]}}}
-    assert _flags(structures) == [
+                            "refinement": {"filled_phases": [], "removed_temporal": [0, 0, 0],
+                                           "removed_extra": [3, 0, 0]}}}
+    template = (thoracic_template()[0], thoracic_template()[3])
+    assert _flags(structures, template) == [
         "GTV: empty in 1 of 3 phase(s) (50%)",
         "GTV: missing in phase(s) 90%, filled by interpolation between neighbouring phases",
         "GTV: 3 component(s) present in too few phases removed",
+        "GTV: 3 smaller component(s) in 2 phase(s) removed beyond the template's 1 object(s): check for another "
+        "lesion",
     ]
 
 
