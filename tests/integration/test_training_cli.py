@@ -46,6 +46,9 @@ def test_an_adapter_saved_by_train_loads_in_run_and_eval(setup, tmp_path, one_to
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"]["adapter_sha256"] == adapter_sha256(best)
+    calibrated = json.loads((best / "itvsam_calibration.json").read_text())["thresholds"]
+    assert summary["model"]["thresholds"] == calibrated  # the adapter's calibration, used by run
+    assert summary["structures"]["Heart"]["threshold"] == calibrated["Heart"]
     result = invoke("eval", "--data", root / "data", "--model", model, "--adapter", best, "--template", template,
                     "-o", tmp_path / "eval", "--threads", "1")
     assert result.exit_code == 0, result.output
@@ -53,12 +56,15 @@ def test_an_adapter_saved_by_train_loads_in_run_and_eval(setup, tmp_path, one_to
         rows = list(csv.DictReader(handle))
     assert [r["phase"] for r in rows] == [str(k) for k in range(10)]
     assert "Heart: Dice" in result.output
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["meta"]["thresholds"] == calibrated
 
 
 def test_train_refuses_bad_usage_and_unmapped_data(setup, tmp_path):
     root, model = setup
     assert invoke("train", "-o", tmp_path / "a", "--data", root / "data").exit_code == EXIT_USAGE
     assert invoke("train", "-o", tmp_path / "b", "--model", model).exit_code == EXIT_USAGE
+    result = invoke("train", "-o", tmp_path / "d", "--model", model, "--data", root / "data", "--image-size", "168")
+    assert result.exit_code == EXIT_USAGE and "needs full training" in result.output
     (tmp_path / "bad.yaml").write_text("structures:\n  - name: Spleen\n    prompts: [spleen]\n    type: ORGAN\n")
     result = invoke("train", "-o", tmp_path / "c", "--model", model, "--data", root / "data", "--template",
                     tmp_path / "bad.yaml")
