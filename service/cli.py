@@ -625,7 +625,9 @@ def demo(
             raise _fail(EXIT_USAGE, "invalid_seed", str(exc), False) from None
     model = result.summary["model"]
     console.print(f"[bold]demo[/]: phantom seed {seed} (10 phases, artefacts), model {model['short']} "
-                  f"({escape(str(model.get('label') or 'unlabelled'))})", highlight=False)
+                  f"({escape(str(model.get('label') or 'unlabelled'))}); thresholds "
+                  + ", ".join(f"{name} {s['threshold']:g}" for name, s in result.summary["structures"].items()),
+                  highlight=False)
     table = Table(title="contours delivered (RTSTRUCT read back) vs phantom truth, mean over phases")
     for column in ("structure", "Dice", "HD95 mm"):
         table.add_column(column, justify="left" if column == "structure" else "right")
