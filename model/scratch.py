@@ -42,7 +42,7 @@ def resize_model_dir(model_dir: str | Path, out_dir: str | Path, *, image_size: 
     """Copy the tiny-architecture model in ``model_dir`` into ``out_dir`` with input size ``image_size`` (a multiple
     of 14), every weight unchanged: none depends on the input size (the ViT's position embeddings are tiled over the
     patch grid, its rotary embeddings and the FPN follow the grid), so the copy computes the same function on a finer
-    grid: a head start for training at a higher resolution (the 224 px phantom model's masks are 64 px, 6 mm pixels).
+    grid: a head start for training at a higher resolution (at 224 px the phantom's masks were 64 px, 6 mm pixels).
     Refuses weights that do not fit the tiny architecture."""
     source, out = check_model_dir(model_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

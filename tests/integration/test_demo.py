@@ -57,16 +57,23 @@ def _dice(metrics: dict) -> dict[str, float]:
 def test_demo_end_to_end_writes_everything_and_keeps_what_the_model_reached(demo_run) -> None:
     out, output, metrics = demo_run
     dice = _dice(metrics)
-    # what the shipped model reaches (model/phantom_model/README.md): lungs 0.946 / 0.965, heart 0.918, ITV 0.724
-    assert dice["Lung_L"] >= 0.94 and dice["Lung_R"] >= 0.95 and dice["Heart"] >= 0.90, dice
-    assert dice["GTV"] >= 0.70 and dice["ITV"] >= 0.70, dice
+    # what the shipped model reaches (model/phantom_model/README.md): GTV 0.801, ITV 0.794
+    assert dice["GTV"] >= 0.78 and dice["ITV"] >= 0.77, dice
     assert "PHANTOM" in metrics["model"]["label"] and metrics["seed"] == DEMO_SEED
     assert (out / "result" / "RS_reference.dcm").is_file() and (out / "study" / "truth.npz").is_file()
     assert "ITV" in output and "NOT for patients" in output
+    summary = json.loads((out / "result" / "summary.json").read_text())
+    calibrated = json.loads((PHANTOM_MODEL_DIR / "itvsam_calibration.json").read_text())["thresholds"]
+    assert {name: s["threshold"] for name, s in summary["structures"].items()} == calibrated
 
 
-@pytest.mark.xfail(strict=True, reason="acceptance bar not reached on CPU: lungs 0.946/0.965 (bar 0.95), ITV 0.724 "
-                                       "(bar 0.85); the 224 px phantom model under-segments the 20 mm tumour")
-def test_demo_reaches_the_acceptance_bar(demo_run) -> None:
-    dice = _dice(demo_run[2])
-    assert dice["Lung_L"] >= 0.95 and dice["Lung_R"] >= 0.95 and dice["Heart"] >= 0.90 and dice["ITV"] >= 0.85
+def test_demo_reaches_the_acceptance_bar_for_the_organs(demo_run) -> None:
+    dice = _dice(demo_run[2])  # lungs 0.964 / 0.978, heart 0.948
+    assert dice["Lung_L"] >= 0.95 and dice["Lung_R"] >= 0.95 and dice["Heart"] >= 0.90, dice
+
+
+@pytest.mark.xfail(strict=True, reason="ITV 0.794 (bar 0.85): the tumour's 5 mm end slices are missed and the "
+                                       "temporal filter removes the duplicate artefact's copy of the tumour, which "
+                                       "the phantom's image-following truth counts (model/phantom_model/README.md)")
+def test_demo_reaches_the_acceptance_bar_for_the_itv(demo_run) -> None:
+    assert _dice(demo_run[2])["ITV"] >= 0.85
