@@ -25,7 +25,7 @@ from model.metrics import dice
 
 CALIBRATION_FILE = "itvsam_calibration.json"
 DEFAULT_THRESHOLD = 0.5
-THRESHOLD_GRID: tuple[float, ...] = tuple(round(0.3 + 0.05 * i, 2) for i in range(9))  # 0.30, 0.35, …, 0.70
+THRESHOLD_GRID: tuple[float, ...] = tuple(round(0.2 + 0.05 * i, 2) for i in range(13))  # 0.20, 0.25, …, 0.80
 
 
 def thresholds_for(names: Sequence[str], calibrated: Mapping[str, float] | None, override: float | None = None
