@@ -3,9 +3,9 @@
 ``TrainingData`` says where the volumes come from (folders of annotated studies and/or in-memory phantom seeds);
 ``train_model`` starts from a model directory or from scratch (``model.scratch``) and runs a ``Trainer``.
 
-``model/phantom_model`` was made by four ``itvsam train`` runs (from scratch at 224 px, a tumour-recall stage, the same
-weights at 336 px, more tumour positives and negatives); its README gives the exact commands and seeds, and its
-``training_record.json`` the last one.
+``model/phantom_model`` was made by five ``itvsam train`` runs (from scratch at 224 px, a tumour-recall stage, the same
+weights at 336 px, more tumour positives and negatives, the same weights at 448 px); its README gives the exact
+commands and seeds, and its ``training_record.json`` the last one.
 """
 
 from __future__ import annotations

@@ -54,11 +54,8 @@ def _dice(metrics: dict) -> dict[str, float]:
     return {name: values["dice"] for name, values in metrics["structures"].items()}
 
 
-def test_demo_end_to_end_writes_everything_and_keeps_what_the_model_reached(demo_run) -> None:
+def test_demo_end_to_end_writes_everything(demo_run) -> None:
     out, output, metrics = demo_run
-    dice = _dice(metrics)
-    # what the shipped model reaches (model/phantom_model/README.md): GTV 0.801, ITV 0.794
-    assert dice["GTV"] >= 0.78 and dice["ITV"] >= 0.77, dice
     assert "PHANTOM" in metrics["model"]["label"] and metrics["seed"] == DEMO_SEED
     assert (out / "result" / "RS_reference.dcm").is_file() and (out / "study" / "truth.npz").is_file()
     assert "ITV" in output and "NOT for patients" in output
@@ -67,13 +64,8 @@ def test_demo_end_to_end_writes_everything_and_keeps_what_the_model_reached(demo
     assert {name: s["threshold"] for name, s in summary["structures"].items()} == calibrated
 
 
-def test_demo_reaches_the_acceptance_bar_for_the_organs(demo_run) -> None:
-    dice = _dice(demo_run[2])  # lungs 0.964 / 0.978, heart 0.948
-    assert dice["Lung_L"] >= 0.95 and dice["Lung_R"] >= 0.95 and dice["Heart"] >= 0.90, dice
-
-
-@pytest.mark.xfail(strict=True, reason="ITV 0.794 (bar 0.85): the tumour's 5 mm end slices are missed and the "
-                                       "temporal filter removes the duplicate artefact's copy of the tumour, which "
-                                       "the phantom's image-following truth counts (model/phantom_model/README.md)")
-def test_demo_reaches_the_acceptance_bar_for_the_itv(demo_run) -> None:
-    assert _dice(demo_run[2])["ITV"] >= 0.85
+def test_demo_reaches_the_acceptance_bar(demo_run) -> None:
+    # the shipped model (model/phantom_model/README.md): lungs 0.971 / 0.982, heart 0.942, ITV 0.932, GTV 0.906
+    dice = _dice(demo_run[2])
+    assert dice["Lung_L"] >= 0.95 and dice["Lung_R"] >= 0.95 and dice["Heart"] >= 0.90 and dice["ITV"] >= 0.85, dice
+    assert dice["GTV"] >= 0.85, dice
