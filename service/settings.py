@@ -15,7 +15,7 @@ from typing import Annotated, Any, Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.dicom.peers import Destination, Peer, check_ae_title, parse_destinations, parse_peers
+from service.dicom.peers import AETitle, Destination, Peer, parse_destinations, parse_peers
 
 GiB = 1024**3
 _HEX = set("0123456789abcdef")
@@ -74,7 +74,7 @@ class Settings(BaseSettings):
 
     # The DICOM listener (`itvsam scp`): who may send (calling AE title and source address, both must match; none
     # configured: every association is refused), limits and timeouts, and when a received study is ready.
-    scp_ae_title: str = "ITVSAM"
+    scp_ae_title: AETitle = "ITVSAM"
     scp_host: str = "0.0.0.0"
     scp_port: int = Field(11112, ge=0, lt=65536)
     scp_peers: Annotated[tuple[Peer, ...], NoDecode] = ()
@@ -113,11 +113,6 @@ class Settings(BaseSettings):
     @classmethod
     def _options(cls, value: object) -> object:
         return json.loads(value) if isinstance(value, str) and value.strip() else ({} if value == "" else value)
-
-    @field_validator("scp_ae_title")
-    @classmethod
-    def _ae_title(cls, value: str) -> str:
-        return check_ae_title(value)
 
     @field_validator("model_dir", "adapter_dir", "scp_tls_cert", "scp_tls_key", "scp_tls_ca", mode="before")
     @classmethod

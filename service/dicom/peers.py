@@ -9,9 +9,9 @@ from __future__ import annotations
 import ipaddress
 import json
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 AE_TITLE_CHARS = set(" !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[]^_`abcdefghijklmnopqrstuvwxyz{|}~")
 
@@ -24,18 +24,16 @@ def check_ae_title(value: str) -> str:
     return text
 
 
+AETitle = Annotated[str, AfterValidator(check_ae_title)]
+
+
 class Peer(BaseModel):
     """One allowed sender: its calling AE title and the address (or network, CIDR) it connects from."""
 
     model_config = ConfigDict(frozen=True)
 
-    ae_title: str
+    ae_title: AETitle
     host: str  # an IP address or a network such as 10.1.0.0/24
-
-    @field_validator("ae_title")
-    @classmethod
-    def _ae(cls, value: str) -> str:
-        return check_ae_title(value)
 
     @field_validator("host")
     @classmethod
@@ -109,21 +107,11 @@ class Destination(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    ae_title: str
+    ae_title: AETitle
     host: str
     port: int = Field(gt=0, lt=65536)
-    calling_aets: tuple[str, ...] = ()
+    calling_aets: tuple[AETitle, ...] = ()
     outputs: tuple[OutputKind, ...] = (OutputKind.REFERENCE,)
-
-    @field_validator("ae_title")
-    @classmethod
-    def _ae(cls, value: str) -> str:
-        return check_ae_title(value)
-
-    @field_validator("calling_aets")
-    @classmethod
-    def _aes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(check_ae_title(v) for v in value)
 
     def serves(self, calling_ae: str | None) -> bool:
         if calling_ae is None:
