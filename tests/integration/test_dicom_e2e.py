@@ -13,7 +13,6 @@ import json
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from service.broker import celery_queue
@@ -23,15 +22,11 @@ from tests.conftest import dciodvfy_errors, require_tool
 from tests.support.dicom import DCMTK_ENV, PlanningSystem, dcmtk, listener_settings, running_listener, storescu
 from tests.support.service import (
     API_KEY,
-    AUTH,
     LIGHT_OPTIONS,
     Proc,
-    RedisServer,
     free_port,
     phantom_study,
-    service_env,
-    start_gateway,
-    start_worker,
+    running_service,
     wait_for,
 )
 
@@ -40,27 +35,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    from model.tiny import write_tiny_checkpoint
-
     require_tool("redis-server")
     root = tmp_path_factory.mktemp("dicom-e2e")
-    redis_server = RedisServer(root)
-    redis_server.start()
-    env = service_env(root / "store", redis_server.url, write_tiny_checkpoint(root / "model"))
-    port = free_port()
-    worker = start_worker(env, root / "worker.log")
-    gateway = start_gateway(env, port, root / "gateway.log")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for("a worker with its model", lambda: httpx.get(f"{url}/readyz").status_code == 200
-                 or (not worker.alive() and pytest.fail(f"worker died:\n{worker.tail()}")), 120)
-        yield {"url": url, "root": root, "env": env, "redis": redis_server.url, "worker": worker,
-               "client": httpx.Client(base_url=url, headers=AUTH, timeout=60),
-               "study": phantom_study(root / "p", seed=37)}
-    finally:
-        gateway.stop()
-        worker.stop()
-        redis_server.stop()
+    with running_service(root) as service:
+        yield {**service, "study": phantom_study(root / "p", seed=37)}
 
 
 def wait_job(service, job_id: str, timeout_s: float = 180) -> dict:

@@ -16,16 +16,11 @@ from service.cli import EXIT_REFUSED, EXIT_SERVICE, app
 from tests.conftest import dciodvfy_errors, require_tool
 from tests.support.service import (
     API_KEY,
-    AUTH,
     LIGHT_OPTIONS,
-    RedisServer,
-    free_port,
     missing_phase_copy,
     mixed_patient_copy,
     phantom_study,
-    service_env,
-    start_gateway,
-    start_worker,
+    running_service,
     stow_body,
     wait_for,
     zip_bomb,
@@ -39,27 +34,10 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    from model.tiny import write_tiny_checkpoint
-
     require_tool("redis-server")
     root = tmp_path_factory.mktemp("service")
-    redis_server = RedisServer(root)
-    redis_server.start()
-    env = service_env(root / "store", redis_server.url, write_tiny_checkpoint(root / "model"),
-                      ITVSAM_MAX_UPLOAD_BYTES=str(40 * 1024 * 1024))
-    port = free_port()
-    worker = start_worker(env, root / "worker.log")
-    gateway = start_gateway(env, port, root / "gateway.log")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for("a worker with its model", lambda: httpx.get(f"{url}/readyz").status_code == 200
-                 or (not worker.alive() and pytest.fail(f"worker died:\n{worker.tail()}")), 120)
-        yield {"url": url, "root": root, "client": httpx.Client(base_url=url, headers=AUTH, timeout=60),
-               "study": phantom_study(root / "p", seed=31), "worker": worker, "gateway": gateway}
-    finally:
-        gateway.stop()
-        worker.stop()
-        redis_server.stop()
+    with running_service(root, ITVSAM_MAX_UPLOAD_BYTES=str(40 * 1024 * 1024)) as service:
+        yield {**service, "study": phantom_study(root / "p", seed=31)}
 
 
 def wait_finished(client: httpx.Client, job_id: str, timeout_s: float = 180) -> dict:

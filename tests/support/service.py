@@ -257,6 +257,40 @@ def start_worker(env: dict[str, str], log: Path, app: str | None = None) -> Proc
 
 
 @contextlib.contextmanager
+def running_service(root: Path, **extra: str) -> Iterator[dict[str, Any]]:
+    """The whole service in ``root``: a private Redis, an ``itvsam worker`` holding a tiny random SAM 3 and the
+    gateway, once ``/readyz`` says a worker has its model; stopped on exit. Yields ``url``, ``root``, ``env``,
+    ``redis`` (its URL), ``worker``, ``gateway`` and an authenticated ``client``. ``extra``: more environment."""
+    import httpx
+
+    from model.tiny import write_tiny_checkpoint
+
+    redis_server = RedisServer(root)
+    redis_server.start()
+    env = service_env(root / "store", redis_server.url, write_tiny_checkpoint(root / "model"), **extra)
+    port = free_port()
+    worker = start_worker(env, root / "worker.log")
+    gateway = start_gateway(env, port, root / "gateway.log")
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if httpx.get(f"{url}/readyz").status_code == 200:
+            return True
+        if not worker.alive():
+            raise AssertionError(f"worker died:\n{worker.tail()}")
+        return False
+
+    try:
+        wait_for("a worker with its model", ready, 120)
+        yield {"url": url, "root": root, "env": env, "redis": redis_server.url, "worker": worker, "gateway": gateway,
+               "client": httpx.Client(base_url=url, headers=AUTH, timeout=60)}
+    finally:
+        gateway.stop()
+        worker.stop()
+        redis_server.stop()
+
+
+@contextlib.contextmanager
 def stopping(*procs: Proc) -> Iterator[None]:
     try:
         yield
