@@ -130,9 +130,9 @@ def pipeline(model_dir: Path, size: str, work: Path) -> None:
 
     files = write_phantom(generate_phantom(PhantomConfig(seed=21, size=size)), work / "study", vendor="desc-t")
     engine = load_engine(model_dir)
-    summary = run_job(files.dicom_dir, work / "out", engine)
-    timings = summary["timings"]
-    shape = summary["study"]["geometry"]["shape_zyx"]
+    result = run_job(files.dicom_dir, work / "out", engine)
+    timings = result.timings
+    shape = result.study.phases[0].geometry.shape
     print(f"pipeline on a {size} phantom, 10 phases of {shape[0]} x {shape[1]} x {shape[2]} voxels, tiny model:")
     for stage in ("reading_s", "model_s", "refining_s", "writing_s", "total_s"):
         print(f"  {stage[:-2]:>9}: {timings[stage]:7.2f} s")

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dicomrt.phantom import PhantomConfig, generate_phantom, write_phantom  # noqa: E402
-from service.jobstore import JobStore  # noqa: E402
+from jobs.store import JobStore  # noqa: E402
 from tests.support.dicom import PlanningSystem, RecordingQueue, dcmtk, listener_settings, running_listener  # noqa: E402
 
 

@@ -48,13 +48,14 @@ def in_process(study: Path, model: Path, out: Path, options: dict) -> tuple[floa
     """``run_job`` in this process, as ``itvsam run`` (engine loaded first, not counted)."""
     import torch
 
-    from workers.pipeline import JobOptions, load_engine, run_job
+    from jobs.options import parse_options
+    from workers.pipeline import load_engine, run_job
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     engine = load_engine(model)
     started = time.perf_counter()
-    summary = run_job(study, out, engine, JobOptions.from_json(options))
-    return time.perf_counter() - started, summary
+    result = run_job(study, out, engine, parse_options(options))
+    return time.perf_counter() - started, result.summary()
 
 
 def main() -> None:

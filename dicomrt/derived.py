@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
+from pydicom.dataset import Dataset
 
+from dicomrt.ct_series import write_ct_image
 from dicomrt.geometry import Geometry
 from dicomrt.identifiers import new_uid
 from dicomrt.instances import InstanceHeader, read_header
@@ -74,16 +74,10 @@ def write_projection(study: Study4D, projection: Projection | str, out_dir: Path
     headers: list[InstanceHeader] = []
     for k, uid in enumerate(uids):
         ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = uid
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         add_patient_and_study(ds, study.attributes)
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, uid
+        ds.SOPInstanceUID = uid
         ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL", projection.value]
-        ds.Modality = "CT"
         ds.SeriesInstanceUID = series_uid
         ds.SeriesNumber = _SERIES_NUMBER[projection]
         ds.SeriesDescription = f"itvsam {name} of {len(study.phases)} phases"
@@ -105,15 +99,10 @@ def write_projection(study: Study4D, projection: Projection | str, out_dir: Path
         ds.SliceLocation = round(float(positions[k] @ _normal(geometry)), 6)
         ds.KVP = ""
         ds.AcquisitionNumber = ""
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = geometry.shape[1:]
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
         ds.WindowCenter, ds.WindowWidth = -600, 1600
-        ds.PixelData = np.ascontiguousarray(volume[k]).astype("<i2").tobytes()
         path = folder / f"{name}_{k:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
+        write_ct_image(path, ds, volume[k])
         header = read_header(path)
         if not isinstance(header, InstanceHeader):
             raise RTError(f"the {name} slice written at {path.name} does not read back as a CT image ({header})")

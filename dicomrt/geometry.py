@@ -61,6 +61,11 @@ class Geometry:
         return float(dz), float(dy), float(dx)
 
     @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in ml (cm³): ``|det(affine[:3, :3])| / 1000``."""
+        return abs(float(np.linalg.det(self.affine[:3, :3]))) / 1000.0
+
+    @property
     def orientation(self) -> tuple[float, ...]:
         """ImageOrientationPatient: row (x) then column (y) direction cosines."""
         _, dy, dx = self.spacing_mm

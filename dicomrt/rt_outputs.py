@@ -22,7 +22,9 @@ What goes where (``OutputMode``):
 - ``all``: the three.
 
 The ITV of a GTV is named ITV (ITV_x for GTV_x) and typed CTV (DICOM has no ITV term; an ITV is a CTV with its
-internal margin); the union of another structure is ``<name>_ITV`` with the structure's own type.
+internal margin); the union of another structure is ``<name>_ITV`` with the structure's own type. With a margin
+(``itv_margin_mm``), the ITV expanded by it follows the ITV as its own ROI (``ITV+5mm``, ``dicomrt.itv``). File names
+come from ``dicomrt.layout``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dicomrt.itv import build_itv
+from dicomrt.layout import OutputLayout
 from dicomrt.phases import SeriesKind
 from dicomrt.provenance import Provenance
 from dicomrt.rt_errors import GridMismatchError, MaskShapeError, TemplateError
@@ -43,6 +47,8 @@ from dicomrt.structures import COLOURS, PHASE_PALETTE, RoiType, StructureSpec, v
 from dicomrt.study import SeriesInfo, StudyIndex
 
 logger = logging.getLogger(__name__)
+
+Margin = float | Sequence[float]  # mm: one number, or (x, y, z) along the patient LPS axes
 
 # SeriesNumber of what we write: per-phase RTSTRUCTs 901.., reference 950, combined 960, SEG 971.., AIP/MIP 980/981.
 SERIES_NUMBER_PHASE = 901
@@ -111,11 +117,12 @@ def write_rtstructs(
     provenance: Provenance,
     *,
     reference: SeriesInfo | None = None,
+    itv_margin_mm: Margin = 0.0,
 ) -> list[Path]:
     """Write the RTSTRUCTs of ``mode`` (see the module docstring) under ``out_dir``; returns the files written.
 
     ``reference``: the series of the reference RTSTRUCT (default ``index.reference``), e.g. an AIP written by
-    ``dicomrt.derived``; it must be on the phases' grid.
+    ``dicomrt.derived``; it must be on the phases' grid. ``itv_margin_mm``: the margin of the expanded ITVs (0: none).
     """
     try:
         mode = OutputMode(mode)
@@ -123,14 +130,14 @@ def write_rtstructs(
         raise ValueError(f"mode must be one of {[m.value for m in OutputMode]}, got {mode!r}") from None
     checked = masks if isinstance(masks, StudyMasks) else check_masks(index, masks, specs)
     reference = reference or index.reference
-    out_dir = Path(out_dir)
+    layout = OutputLayout(Path(out_dir))
     written = []
     if mode in (OutputMode.PER_PHASE, OutputMode.ALL):
-        written += [s.save(out_dir / f"RS_phase{k:02d}.dcm") for k, s in enumerate(per_phase_sets(checked, provenance))]
+        written += [s.save(layout.phase_rtstruct(k)) for k, s in enumerate(per_phase_sets(checked, provenance))]
     if mode in (OutputMode.REFERENCE, OutputMode.ALL):
-        written.append(reference_set(checked, reference, provenance).save(out_dir / "RS_reference.dcm"))
+        written.append(reference_set(checked, reference, provenance, itv_margin_mm).save(layout.reference_rtstruct))
     if mode in (OutputMode.COMBINED, OutputMode.ALL):
-        written.append(combined_set(checked, reference, provenance).save(out_dir / "RS_combined.dcm"))
+        written.append(combined_set(checked, reference, provenance, itv_margin_mm).save(layout.combined_rtstruct))
     logger.info("study %s: wrote %d RTSTRUCT(s), mode %s", index.study_hash, len(written), mode.value)
     return written
 
@@ -147,7 +154,8 @@ def per_phase_sets(masks: StudyMasks, provenance: Provenance) -> list[RTStructur
     return sets
 
 
-def reference_set(masks: StudyMasks, reference: SeriesInfo, provenance: Provenance) -> RTStructureSet:
+def reference_set(masks: StudyMasks, reference: SeriesInfo, provenance: Provenance, itv_margin_mm: Margin = 0.0
+                  ) -> RTStructureSet:
     """The RTSTRUCT on ``reference``: ITVs with every phase's contours, other structures as described above."""
     _check_same_grid(masks.index.phases, reference)
     reference_phase = _phase_of(masks.index, reference)
@@ -156,7 +164,11 @@ def reference_set(masks: StudyMasks, reference: SeriesInfo, provenance: Provenan
         if spec.name in masks.single:
             rois.append(RoiMask(spec.name, spec.colour, spec.interpreted_type, masks.single[spec.name]))
         elif spec.itv:
-            rois += _itv_rois(spec, masks)
+            stack = masks.per_phase[spec.name]
+            phases = masks.index.phases
+            rois += _itv_rois(spec, stack, reference, 0, itv_margin_mm)
+            rois += [RoiMask(spec.phase_name(p.percent), _phase_colour(spec, k, len(phases)), spec.interpreted_type,
+                             stack[k]) for k, p in enumerate(phases)]
         elif reference_phase is not None:
             rois.append(RoiMask(spec.name, spec.colour, spec.interpreted_type,
                                 masks.per_phase[spec.name][reference_phase]))
@@ -165,7 +177,8 @@ def reference_set(masks: StudyMasks, reference: SeriesInfo, provenance: Provenan
                           series_number=SERIES_NUMBER_REFERENCE)
 
 
-def combined_set(masks: StudyMasks, reference: SeriesInfo, provenance: Provenance) -> RTStructureSet:
+def combined_set(masks: StudyMasks, reference: SeriesInfo, provenance: Provenance, itv_margin_mm: Margin = 0.0
+                 ) -> RTStructureSet:
     """One RTSTRUCT over every phase series (and the reference series when it is not a phase)."""
     _check_same_grid(masks.index.phases, reference)
     series = list(masks.index.phases)
@@ -182,24 +195,23 @@ def combined_set(masks: StudyMasks, reference: SeriesInfo, provenance: Provenanc
         rois += [RoiMask(spec.phase_name(phase.percent), _phase_colour(spec, k, len(series)), spec.interpreted_type,
                          stack[k], k) for k, phase in enumerate(masks.index.phases)]
         if spec.itv:
-            rois.append(_itv_roi(spec, stack, at))
+            rois += _itv_rois(spec, stack, reference, at, itv_margin_mm)
     return RTStructureSet(masks.index.attributes, series, rois, label="itvsam 4D",
                           description="itvsam contours of every phase (multi-series)", provenance=provenance,
                           series_number=SERIES_NUMBER_COMBINED)
 
 
-def _itv_rois(spec: StructureSpec, masks: StudyMasks) -> list[RoiMask]:
-    stack = masks.per_phase[spec.name]
-    phases = masks.index.phases
-    rois = [RoiMask(spec.phase_name(p.percent), _phase_colour(spec, k, len(phases)), spec.interpreted_type, stack[k])
-            for k, p in enumerate(phases)]
-    return [_itv_roi(spec, stack, 0), *rois]
-
-
-def _itv_roi(spec: StructureSpec, stack: np.ndarray, series_index: int) -> RoiMask:
+def _itv_rois(spec: StructureSpec, stack: np.ndarray, reference: SeriesInfo, series_index: int,
+              margin_mm: Margin) -> list[RoiMask]:
+    """The ITV of ``spec`` (its (phase, z, y, x) ``stack``) and, with a margin, the expanded ITV after it."""
     target = spec.interpreted_type in (RoiType.GTV, RoiType.CTV)
-    return RoiMask(spec.itv_name, COLOURS["ITV"] if target else spec.colour,
-                   RoiType.CTV if target else spec.interpreted_type, stack.any(axis=0), series_index)
+    kind = RoiType.CTV if target else spec.interpreted_type
+    rois = [RoiMask(spec.itv_name, COLOURS["ITV"] if target else spec.colour, kind,
+                    build_itv(stack, reference.geometry), series_index)]
+    if any(v > 0 for v in np.atleast_1d(margin_mm)):
+        rois.append(RoiMask(spec.itv_margin_name(margin_mm), COLOURS["ITV_margin"], kind,
+                            build_itv(stack, reference.geometry, margin_mm), series_index))
+    return rois
 
 
 def _phase_colour(spec: StructureSpec, k: int, n: int) -> tuple[int, int, int]:

@@ -21,7 +21,7 @@ Matching rules (``match_series``):
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,11 +30,9 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from dicomrt.geometry import Geometry, geometry_from_slices, slice_normal, slice_order
+from dicomrt.geometry import Geometry
 from dicomrt.identifiers import short_hash
-from dicomrt.instances import InstanceHeader, read_header
 from dicomrt.raster import rasterise_contours
-from dicomrt.reader import find_files
 from dicomrt.rt_errors import ContourError, ReferenceMismatchError, RTError
 from dicomrt.study import SeriesInfo
 
@@ -137,62 +135,11 @@ def read_rtstruct(path: Path) -> StructureSetContent:
     return StructureSetContent.from_dataset(ds)
 
 
-@dataclass(frozen=True)
-class ImageSeries:
-    """A CT series to rasterise onto: its SeriesInstanceUID and grid (which holds the SOPInstanceUIDs in z order)."""
-
-    series_instance_uid: str = field(repr=False)
-    geometry: Geometry
-
-    @classmethod
-    def from_series_info(cls, series: SeriesInfo) -> ImageSeries:
-        return cls(series.series_instance_uid, series.geometry)
-
-
-def read_ct_series(source: Path | Iterable[Path]) -> list[ImageSeries]:
-    """The CT series among the files in ``source`` (a folder or files), headers only, one per SeriesInstanceUID.
-
-    Unlike the study reader this accepts a single slice (a partial export): its grid then takes SliceThickness (or
-    1 mm) as slice spacing.
-    """
-    by_series: dict[str, list[InstanceHeader]] = {}
-    for path in find_files(source):
-        header = read_header(path)
-        if isinstance(header, InstanceHeader) and header.position and header.orientation and header.pixel_spacing:
-            by_series.setdefault(header.series_instance_uid, []).append(header)
-    found = []
-    for uid, headers in by_series.items():
-        what = f"CT series [{short_hash(uid)}]"
-        ordered = [headers[i] for i in slice_order(np.array([h.position for h in headers]), headers[0].orientation)]
-        if len(ordered) > 1:
-            geometry = geometry_from_slices(np.array([h.position for h in ordered]), ordered[0].orientation,
-                                            ordered[0].pixel_spacing, (ordered[0].rows, ordered[0].columns),
-                                            ordered[0].frame_of_reference_uid,
-                                            [h.sop_instance_uid for h in ordered], what)
-        else:
-            geometry = _single_slice_geometry(ordered[0])
-        found.append(ImageSeries(uid, geometry))
-    return found
-
-
-def _single_slice_geometry(header: InstanceHeader) -> Geometry:
-    thickness = float(pydicom.dcmread(header.path, stop_before_pixels=True, specific_tags=["SliceThickness"])
-                      .get("SliceThickness", 0) or 0) or 1.0
-    iop = np.asarray(header.orientation, dtype=np.float64)
-    normal = slice_normal(header.orientation)
-    affine = np.eye(4)
-    affine[:3, 0] = normal * np.sign(normal[2]) * thickness
-    affine[:3, 1] = iop[3:] * header.pixel_spacing[0]
-    affine[:3, 2] = iop[:3] * header.pixel_spacing[1]
-    affine[:3, 3] = header.position
-    return Geometry(affine, (1, header.rows, header.columns), header.frame_of_reference_uid,
-                    (header.sop_instance_uid,))
-
-
-def match_series(structure_set: StructureSetContent, candidates: Sequence[ImageSeries | SeriesInfo], *,
-                 allow_missing_images: bool = False) -> tuple[ImageSeries, tuple[str, ...]]:
-    """The CT series ``structure_set`` was drawn on, among ``candidates``, and warnings (rules: module docstring)."""
-    series = [c if isinstance(c, ImageSeries) else ImageSeries.from_series_info(c) for c in candidates]
+def match_series(structure_set: StructureSetContent, candidates: Sequence[SeriesInfo], *,
+                 allow_missing_images: bool = False) -> tuple[SeriesInfo, tuple[str, ...]]:
+    """The CT series ``structure_set`` was drawn on, among ``candidates`` (series as ``dicomrt.reader.scan_study``
+    finds them), and warnings (rules: module docstring)."""
+    series = list(candidates)
     if not structure_set.referenced_series:
         raise ReferenceMismatchError(
             "the structure set names no image series (ReferencedFrameOfReferenceSequence > "

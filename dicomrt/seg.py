@@ -20,6 +20,7 @@ from pydicom.sr.coding import Code
 
 from dicomrt.identifiers import new_uid
 from dicomrt.instances import StudyAttributes
+from dicomrt.layout import OutputLayout
 from dicomrt.provenance import MANUFACTURER, Provenance, add_patient_and_study
 from dicomrt.rt_errors import MaskShapeError
 from dicomrt.rt_outputs import StudyMasks
@@ -110,7 +111,8 @@ def segmentation(series: SeriesInfo, attributes: StudyAttributes,
 
 
 def write_segs(masks: StudyMasks, out_dir: Path, provenance: Provenance) -> list[Path]:
-    """One SEG per phase of the study with the per-phase structures of ``masks``; returns the files written."""
+    """One SEG per phase of the study with the per-phase structures of ``masks``, in the output folder ``out_dir``
+    (``dicomrt.layout``: ``seg/SEG_phaseNN.dcm``); returns the files written."""
     specs = [s for s in masks.specs if s.name in masks.per_phase]
     if not specs:
         return []
@@ -118,7 +120,7 @@ def write_segs(masks: StudyMasks, out_dir: Path, provenance: Provenance) -> list
     for k, phase in enumerate(masks.index.phases):
         seg = segmentation(phase, masks.index.attributes, [(s, masks.per_phase[s.name][k]) for s in specs],
                            provenance, SERIES_NUMBER_SEG + k)
-        path = Path(out_dir) / f"SEG_phase{k:02d}.dcm"
+        path = OutputLayout(Path(out_dir)).seg(k)
         path.parent.mkdir(parents=True, exist_ok=True)
         seg.save_as(path)
         written.append(path)

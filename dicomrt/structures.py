@@ -1,4 +1,5 @@
-"""What to contour: ``StructureSpec`` (one structure), site templates (lists of them) and their fixed colours.
+"""What to contour: ``StructureSpec`` (one structure), site templates (lists of them) and their fixed colours, and
+how the masks of a 4DCT are refined over the phases (``TemporalSettings``).
 
 A template is a list of specs; the order of a template is the order of ROIs (and so the ROI numbers) in every object
 we write. Colours come from a fixed table (``COLOURS`` by TG-263 name, then ``PALETTE`` by position), never from
@@ -69,6 +70,7 @@ class RoiType(StrEnum):
 COLOURS: dict[str, tuple[int, int, int]] = {
     "GTV": (255, 0, 0),
     "ITV": (255, 128, 0),
+    "ITV_margin": (255, 200, 100),  # the ITV expanded by a job's margin (ITV+5mm)
     "CTV": (255, 255, 0),
     "PTV": (0, 255, 255),
     "Lung_L": (0, 128, 255),
@@ -166,6 +168,37 @@ class StructureSpec:
         return f"{self.name}_T{percent:02.0f}" if float(percent).is_integer() else f"{self.name}_T{percent:g}"
 
 
+    def itv_margin_name(self, margin_mm: float | Sequence[float]) -> str:
+        """The name of this structure's ITV expanded by ``margin_mm`` (one number, or (x, y, z) along the patient LPS
+        axes): ``ITV+5mm``, ``ITV+3/3/5mm``."""
+        values = [float(margin_mm)] if isinstance(margin_mm, int | float) else [float(v) for v in margin_mm]
+        if len(set(values)) == 1:
+            values = values[:1]
+        return f"{self.itv_name}+{'/'.join(f'{v:g}' for v in values)}mm"
+
+
+@dataclass(frozen=True)
+class TemporalSettings:
+    """The phase-coherent temporal filter of a 4DCT's masks (``model.refine``, module docstring steps 3-4).
+
+    ``min_phases``: support needed to keep a component (3 removes anything present in at most 2 neighbouring phases).
+    ``motion_tolerance_mm``: how far (mm, surface to surface) a component may move from one phase to the next and still
+    count as the same object. ``max_gap``: phases a run may bridge where the object is missing (dropouts).
+    ``cyclic``: phases wrap around (respiration); False for a non-periodic series. ``fill_gaps``: fill bridged phases
+    by shape interpolation.
+    """
+
+    min_phases: int = 3
+    motion_tolerance_mm: float = 5.0
+    max_gap: int = 1
+    cyclic: bool = True
+    fill_gaps: bool = True
+
+    def __post_init__(self) -> None:
+        if self.min_phases < 1 or self.max_gap < 0 or self.motion_tolerance_mm < 0:
+            raise ValueError(f"need min_phases ≥ 1, max_gap ≥ 0 and motion_tolerance_mm ≥ 0, got {self}")
+
+
 def thoracic_template() -> tuple[StructureSpec, ...]:
     """The default thoracic template: the tumour (one lesion, with its ITV) and the lungs and heart. For several
     lesions use a template whose GTV has ``components`` null (or the count): the job's flags name what was removed."""
@@ -233,6 +266,12 @@ def template_from_dict(data: Any, source: str = "template") -> tuple[StructureSp
         return validate_template(specs)
     except TemplateError as exc:
         raise TemplateError(f"{source}: {exc}") from None
+
+
+def template_to_dict(specs: Iterable[StructureSpec]) -> list[dict[str, Any]]:
+    """The JSON form of a template, as ``template_from_dict`` reads it back."""
+    return [{"name": s.name, "prompts": list(s.prompts), "colour": list(s.colour), "type": s.interpreted_type.value,
+             "itv": s.itv, "components": s.components, "min_volume_ml": s.min_volume_ml} for s in specs]
 
 
 def load_template(path: Path) -> tuple[StructureSpec, ...]:

@@ -1,4 +1,5 @@
-# The itvsam gateway: FastAPI under uvicorn. Slim, no CUDA, no torch (it queues jobs by task name).
+# The itvsam gateway: FastAPI under uvicorn. Slim, no CUDA, no torch, no model or worker code (it queues jobs by task
+# name; the import-linter contracts keep service/ and jobs/ free of model/ and workers/).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -7,10 +8,10 @@ RUN groupadd --system --gid 10001 itvsam \
 WORKDIR /srv/itvsam/app
 COPY pyproject.toml README.md ./
 COPY dicomrt dicomrt
+COPY jobs jobs
 COPY service service
-COPY workers workers
-COPY model model
-RUN pip install ".[gateway]" && python -c "import service.api.app"
+COPY itvsam itvsam
+RUN pip install ".[gateway]" && python -c "import service.api.app, itvsam.cli"
 RUN mkdir -p /data/store && chown itvsam:itvsam /data/store
 USER itvsam
 ENV ITVSAM_STORE_DIR=/data/store

@@ -17,17 +17,18 @@ RUN groupadd --system --gid 10001 itvsam \
 WORKDIR /srv/itvsam/app
 COPY pyproject.toml README.md ./
 COPY dicomrt dicomrt
-COPY service service
-COPY workers workers
+COPY jobs jobs
 COPY model model
-RUN pip install ".[engine,worker]" && python -c "import workers.tasks, workers.pipeline"
+COPY workers workers
+COPY itvsam itvsam
+RUN pip install ".[engine,worker]" && python -c "import workers.tasks, workers.pipeline, itvsam.cli"
 RUN mkdir -p /data/store && chown itvsam:itvsam /data/store
 USER itvsam
 ENV ITVSAM_STORE_DIR=/data/store ITVSAM_MODEL_DIR=/models/sam3 ITVSAM_DEVICE=cuda HF_HUB_OFFLINE=1
 # Alive while its heartbeat is in Redis with the model loaded (ITVSAM_REDIS_URL).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=600s --retries=3 \
-    CMD python -c "import json, socket, redis, os; from service.settings import get_settings; \
-r = redis.Redis.from_url(get_settings().redis_url); host = socket.gethostname(); \
+    CMD python -c "import json, socket, redis, os; from workers.settings import get_worker_settings; \
+r = redis.Redis.from_url(get_worker_settings().redis_url); host = socket.gethostname(); \
 beats = [json.loads(r.get(k)) for k in r.scan_iter(f'itvsam:worker:{host}:*')]; \
 raise SystemExit(0 if any(b['model_loaded'] for b in beats) else 1)"
 CMD ["itvsam", "worker", "--concurrency", "1"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,6 +232,7 @@ def load_rtstruct_study(study_dir: Path, template: Sequence[StructureSpec], mapp
                         ) -> list[AnnotatedVolume]:
     """A clinic's export: the CT (3D or 4D) in ``study_dir`` and each RTSTRUCT there on the series it references."""
     import pydicom
+    from pydicom.errors import BytesLengthException, InvalidDicomError
 
     from dicomrt.reader import find_files, read_study
     from dicomrt.rtstruct_read import RT_STRUCTURE_SET_STORAGE, match_series, rasterise_roi, read_rtstruct
@@ -240,8 +242,11 @@ def load_rtstruct_study(study_dir: Path, template: Sequence[StructureSpec], mapp
     for path in find_files(study_dir):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-        except Exception:
+        except InvalidDicomError:  # not a DICOM file (a note, a spreadsheet): neither CT nor RTSTRUCT
             continue
+        except (BytesLengthException, struct.error, ValueError, EOFError) as exc:  # truncated or corrupt DICOM
+            raise AnnotationError(f"{study_dir.name}/{path.relative_to(study_dir)}: unreadable DICOM file "
+                                  f"({type(exc).__name__}: {exc}); repair or remove it") from exc
         if str(ds.get("SOPClassUID", "")) == RT_STRUCTURE_SET_STORAGE:
             rtstructs.append(path)
     if not rtstructs:

@@ -1,10 +1,10 @@
 """Evaluation against truth: per study, structure and phase, Dice, HD95, volume error and false-positive slices.
 
-``evaluate`` runs a predictor (``model.predictor.SlicePredictor`` or anything with its ``predict``) over every phase of
-every study, thresholds each structure's probabilities (at the model's calibrated threshold, ``model.calibration``,
-as the pipeline does; else 0.5), refines them unless ``refine=False`` (the phase-coherent temporal filter on a 4DCT,
-then connectivity per structure spec, as ``workers.pipeline`` does), and scores them. For a 4DCT, structures whose
-spec has ``itv`` also get a row for their union over phases (phase ``ITV``) against the union of the truth.
+``evaluate`` predicts every phase of every study through the pipeline's own path (``model.segment.predict_phases``:
+each structure's probability ≥ its calibrated threshold, ``model.calibration``; else 0.5), refines the masks unless
+``refine=False`` (``model.refine.refine_from_spec``, as ``workers.pipeline`` does), and scores them. For a 4DCT,
+structures whose spec has ``itv`` also get a row for their ITV (``dicomrt.itv.build_itv``, phase ``ITV``) against the
+union of the truth.
 
 Definitions (per phase, (z, y, x) masks on the CT grid): Dice and HD95 from ``model.metrics`` (HD95 NaN when one mask
 is empty, 0 when both are); ``volume_error_pct`` = 100 · (predicted − true volume) / true volume (NaN when the truth
@@ -20,23 +20,20 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from dicomrt.geometry import Geometry
-from dicomrt.structures import StructureSpec
-from model.calibration import DEFAULT_THRESHOLD, thresholds_for
+from dicomrt.itv import build_itv
+from dicomrt.structures import StructureSpec, TemporalSettings
+from model.calibration import thresholds_for
 from model.datasets import AnnotatedVolume
 from model.metrics import dice, hd95
-from model.refine import ConnectivitySettings, RefineSettings, TemporalSettings, refine_structure
+from model.refine import refine_from_spec
+from model.segment import Predictor, predict_phases
 
 COLUMNS = ("study", "structure", "phase", "dice", "hd95_mm", "volume_ml", "truth_ml", "volume_error_pct", "fp_slices")
-
-
-class Predictor(Protocol):
-    def predict(self, volume_hu: np.ndarray, structures: Mapping[str, Sequence[str]]) -> Mapping[str, Any]:
-        """(z, y, x) HU → name → an object with ``probability`` (z, y, x) in [0, 1]."""
 
 
 @dataclass(frozen=True)
@@ -58,23 +55,12 @@ def score(study: str, structure: str, phase: str, predicted: np.ndarray, truth: 
           ) -> EvalRow:
     """The row of one (z, y, x) prediction against its truth."""
     spacing = tuple(float(s) for s in geometry.spacing_mm)
-    voxel_ml = float(np.prod(spacing)) / 1000.0
+    voxel_ml = geometry.voxel_volume_ml
     volume, truth_volume = float(predicted.sum()) * voxel_ml, float(truth.sum()) * voxel_ml
     error = 100.0 * (volume - truth_volume) / truth_volume if truth_volume > 0 else float("nan")
     fp = int((predicted.any(axis=(1, 2)) & ~truth.any(axis=(1, 2))).sum())
     return EvalRow(study, structure, phase, dice(predicted, truth), hd95(predicted, truth, spacing), volume,
                    truth_volume, error, fp)
-
-
-def study_masks(probabilities: np.ndarray, spec: StructureSpec, geometry: Geometry, refine: bool,
-                temporal: TemporalSettings | None, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """(phase, z, y, x) probabilities → bool masks: ≥ ``threshold``, then the pipeline's refinement (``refine``)."""
-    if not refine:
-        return probabilities >= threshold
-    settings = RefineSettings(threshold=threshold, temporal=temporal if probabilities.shape[0] > 1 else None,
-                              connectivity=ConnectivitySettings(min_volume_ml=spec.min_volume_ml,
-                                                                max_components=spec.components))
-    return refine_structure(spec.name, probabilities, geometry, settings).refined
 
 
 def group_studies(volumes: Sequence[AnnotatedVolume]) -> dict[str, list[AnnotatedVolume]]:
@@ -93,20 +79,18 @@ def evaluate(predictor: Predictor, volumes: Sequence[AnnotatedVolume], template:
     temporal = TemporalSettings() if temporal is None else temporal
     threshold = thresholds_for([s.name for s in template], thresholds)
     rows: list[EvalRow] = []
-    prompts = {s.name: s.prompts for s in template}
     for study, phases in group_studies(volumes).items():
-        probabilities = {s.name: np.zeros((len(phases), *phases[0].hu.shape), dtype=np.float32) for s in template}
-        for k, volume in enumerate(phases):
-            for name, prediction in predictor.predict(volume.hu, prompts).items():
-                probabilities[name][k] = prediction.probability
+        predicted = predict_phases(predictor, [v.hu for v in phases], template, threshold)
         geometry = phases[0].geometry
         for spec in template:
-            masks = study_masks(probabilities[spec.name], spec, geometry, refine, temporal, threshold[spec.name])
+            masks = predicted[spec.name]
+            if refine:
+                masks = refine_from_spec(spec, masks, geometry, temporal).refined
             truth = np.stack([v.masks[spec.name] for v in phases])
             for k, volume in enumerate(phases):
                 rows.append(score(study, spec.name, str(volume.phase), masks[k], truth[k], geometry))
             if spec.itv and len(phases) > 1:
-                rows.append(score(study, spec.name, "ITV", masks.any(axis=0), truth.any(axis=0), geometry))
+                rows.append(score(study, spec.name, "ITV", build_itv(masks, geometry), truth.any(axis=0), geometry))
     return rows
 
 

@@ -103,14 +103,13 @@ def motion(masks: np.ndarray, geometry: Geometry) -> Motion:
     masks = np.asarray(masks, dtype=bool)
     if masks.ndim != 4 or tuple(masks.shape[1:]) != tuple(geometry.shape):
         raise ValueError(f"masks must be (phase, z, y, x) on the grid {geometry.shape}, got {masks.shape}")
-    voxel_ml = abs(float(np.linalg.det(geometry.affine[:3, :3]))) / 1000.0
     volumes = np.zeros(len(masks))
     centroids = np.full((len(masks), 3), np.nan)
     for p, mask in enumerate(masks):
         boxes = ndimage.find_objects(mask.astype(np.uint8))
         if boxes:
             crop = mask[boxes[0]]
-            volumes[p] = np.count_nonzero(crop) * voxel_ml
+            volumes[p] = np.count_nonzero(crop) * geometry.voxel_volume_ml
             centre = np.array(ndimage.center_of_mass(crop)) + [s.start for s in boxes[0]]
             centroids[p] = geometry.index_to_patient(centre[None])[0]
     present = ~np.isnan(centroids[:, 0])

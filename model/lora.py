@@ -2,7 +2,7 @@
 
 Targets are the attention projections of the ViT layers,
 ``vision_encoder.backbone.layers.N.attention.{q,k,v,o}_proj``, optionally the MLP ``mlp.fc1`` / ``mlp.fc2``, in all
-layers or a chosen subset. Rank 8 on the four attention projections of the full model is ~2 M parameters (8 MiB).
+layers. Rank 8 on the four attention projections of the full model is ~2 M parameters (8 MiB).
 The text encoder, DETR encoder/decoder and mask decoder stay frozen (they are not targets).
 """
 
@@ -24,7 +24,7 @@ class LoraSettings:
 
     ``rank``/``alpha``: the update is ``alpha / rank · B A`` with ``A`` (rank, in), ``B`` (out, rank).
     ``attention``: which of q/k/v/o projections get an adapter. ``mlp``: also ``fc1``/``fc2``.
-    ``layers``: ViT layer indices (None: all). ``dropout``: on the adapter input during training.
+    ``dropout``: on the adapter input during training.
     ``init_identity``: True (peft's default) starts with ``B = 0`` (the adapted model equals the base); False starts
     with random ``B`` (tests use it so that merging changes outputs).
     """
@@ -34,7 +34,6 @@ class LoraSettings:
     dropout: float = 0.0
     attention: tuple[str, ...] = ATTENTION_PROJECTIONS
     mlp: bool = False
-    layers: tuple[int, ...] | None = None
     init_identity: bool = True
 
     def __post_init__(self) -> None:
@@ -47,11 +46,10 @@ class LoraSettings:
 
     def target_regex(self) -> str:
         """The peft ``target_modules`` regex (full match on module names)."""
-        layers = r"\d+" if self.layers is None else "(?:" + "|".join(str(i) for i in self.layers) + ")"
         parts = [rf"attention\.(?:{'|'.join(self.attention)})"] if self.attention else []
         if self.mlp:
             parts.append(rf"mlp\.(?:{'|'.join(MLP_PROJECTIONS)})")
-        return rf"(?:.*\.)?vision_encoder\.backbone\.layers\.{layers}\.(?:{'|'.join(parts)})"
+        return rf"(?:.*\.)?vision_encoder\.backbone\.layers\.\d+\.(?:{'|'.join(parts)})"
 
     def peft_config(self) -> LoraConfig:
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,

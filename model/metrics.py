@@ -67,19 +67,3 @@ def hd95(a: np.ndarray, b: np.ndarray, spacing_mm: Sequence[float]) -> float:
         return special
     pooled = np.concatenate([surface_distances(a, b, spacing_mm), surface_distances(b, a, spacing_mm)])
     return float(np.percentile(pooled, 95))
-
-
-def hausdorff(a: np.ndarray, b: np.ndarray, spacing_mm: Sequence[float]) -> float:
-    """Maximum symmetric surface distance in mm; NaN when either mask is empty (0.0 when both are)."""
-    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    if (special := _undefined(a, b)) is not None:
-        return special
-    return float(max(surface_distances(a, b, spacing_mm).max(), surface_distances(b, a, spacing_mm).max()))
-
-
-def phase_metrics(predicted: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float]) -> list[dict[str, float]]:
-    """Dice and HD95 per phase of (phase, z, y, x) masks: one ``{"dice": .., "hd95_mm": ..}`` per phase."""
-    predicted, truth = np.asarray(predicted, dtype=bool), np.asarray(truth, dtype=bool)
-    if predicted.shape != truth.shape or predicted.ndim != 4:
-        raise ValueError(f"need two (phase, z, y, x) masks of one shape, got {predicted.shape} and {truth.shape}")
-    return [{"dice": dice(p, t), "hd95_mm": hd95(p, t, spacing_mm)} for p, t in zip(predicted, truth, strict=True)]

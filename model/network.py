@@ -30,9 +30,8 @@ import torch
 from transformers import PreTrainedTokenizerBase, Sam3Model
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from model.preprocess import ImageSpec
+from model.preprocess import TEXT_MAX_LENGTH, ImageSpec
 from model.sam3 import LoadedSam3
-from model.tiny import TEXT_MAX_LENGTH
 
 
 class MaskSource(Enum):

@@ -5,7 +5,8 @@ checkpoint; no aspect-ratio preservation, no padding), rescales to [0, 1] and no
 channel. We do the same on CT: each of the three channels is one HU window mapped linearly to [0, 1] (clipped), the
 slice is resized (bilinear, antialiased when shrinking) to the model's square resolution, then normalised with the
 checkpoint's ``image_mean`` / ``image_std``. CT slices are square in practice (512 × 512); a non-square slice is
-stretched like SAM 3 stretches a photo, and ``to_slice_grid`` undoes it exactly.
+stretched like SAM 3 stretches a photo, and ``to_slice_grid`` undoes it exactly. Text prompts are padded or
+truncated to ``TEXT_MAX_LENGTH`` tokens, as ``Sam3Processor`` does.
 
 The whole thing runs in torch on the compute device, so a batch of slices is transferred once, as int16/float32 HU.
 """
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+TEXT_MAX_LENGTH = 32  # the Sam3Processor pads/truncates prompts to 32 tokens
 
 
 @dataclass(frozen=True)

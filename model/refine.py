@@ -16,7 +16,7 @@ grid (``Geometry``). Steps, in order (``refine_structure``):
 4. Dropout filling (``fill_gaps``): a phase that a kept group bridges (it holds the group in the phases before and after
    but not in that one) gets the motion-compensated shape interpolation of the two neighbours (``interpolate_shape``):
    both moved half-way towards each other, then the voxels where the mean of their signed distance maps is ≤ 0.
-5. Holes: ``binary_fill_holes`` in 3D, and per axial slice when ``fill_holes_per_slice``.
+5. Holes: ``binary_fill_holes`` in 3D (``ConnectivitySettings.fill_holes``).
 6. Component count (``max_components``; None: all). On a 4DCT the objects are the linked groups of step 3: only the
    ``max_components`` supported groups of the largest volume summed over the phases are kept, with all their parts
    in every phase (a tumour that an artefact splits in one phase keeps both parts, and a false positive cannot stand
@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
+from scipy.cluster.hierarchy import DisjointSet
 
 from dicomrt.geometry import Geometry
+from dicomrt.structures import StructureSpec
 
 CONNECTIVITY_26 = ndimage.generate_binary_structure(3, 3)
 
@@ -64,11 +66,10 @@ class TemporalSettings:
 @dataclass(frozen=True)
 class ConnectivitySettings:
     """Spatial clean-up per phase: ``min_volume_ml`` (drop smaller 3D components), ``fill_holes`` (3D),
-    ``fill_holes_per_slice`` (also 2D per axial slice), ``max_components`` (keep the largest N; None: all)."""
+    ``max_components`` (keep the largest N; None: all)."""
 
     min_volume_ml: float = 0.05
     fill_holes: bool = True
-    fill_holes_per_slice: bool = False
     max_components: int | None = None
 
     def __post_init__(self) -> None:
@@ -110,11 +111,6 @@ class PhaseMasks:
     raw: np.ndarray = field(repr=False)
     refined: np.ndarray = field(repr=False)
     report: RefinementReport
-
-
-def voxel_volume_ml(geometry: Geometry) -> float:
-    """Volume of one voxel in ml (cm³)."""
-    return abs(float(np.linalg.det(geometry.affine[:3, :3]))) / 1000.0
 
 
 def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -159,18 +155,13 @@ def _fill_enclosed(mask: np.ndarray) -> np.ndarray:
     return mask | hole[labels]
 
 
-def fill_holes(mask: np.ndarray, volume: bool = True, per_slice: bool = False) -> np.ndarray:
-    """Fill enclosed cavities of a (z, y, x) mask in 3D (``volume``) and within each axial slice (``per_slice``)."""
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill the enclosed cavities of a (z, y, x) mask in 3D (``scipy.ndimage.binary_fill_holes``)."""
     if not mask.any():
         return mask.copy()
     box = _box(ndimage.find_objects(mask.astype(np.uint8))[0], (1, 1, 1), mask.shape)
-    sub = _fill_enclosed(mask[box]) if volume else mask[box].copy()
-    if per_slice:
-        for k in range(sub.shape[0]):
-            if sub[k].any():
-                sub[k] = _fill_enclosed(sub[k])
     out = mask.copy()
-    out[box] = sub
+    out[box] = _fill_enclosed(mask[box])
     return out
 
 
@@ -213,33 +204,18 @@ def longest_run(phases: Sequence[int], n_phases: int, max_gap: int, cyclic: bool
     return max(best, length)
 
 
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, i: int, j: int) -> None:
-        ri, rj = self.find(i), self.find(j)
-        if ri != rj:
-            self.parent[max(ri, rj)] = min(ri, rj)
-
-
 def _box(index: tuple[slice, ...], pad: Sequence[int], shape: Sequence[int]) -> tuple[slice, ...]:
     return tuple(slice(max(0, s.start - p), min(n, s.stop + p)) for s, p, n in zip(index, pad, shape, strict=True))
 
 
 def _link_components(labels: list[np.ndarray], counts: list[int], spacing_mm: Sequence[float],
-                     settings: TemporalSettings) -> tuple[_UnionFind, list[int]]:
-    """Union-find over all (phase, component) nodes with the links of the module docstring; ``offsets[p]`` is the
-    node id of phase p's component 1."""
+                     settings: TemporalSettings) -> tuple[list[int], list[int]]:
+    """The linked groups of all (phase, component) nodes (links: module docstring) as ``(group, offsets)``:
+    ``offsets[p]`` is the node id of phase p's component 1, ``group[node]`` the smallest node id of its group (a
+    deterministic group id, whatever root the disjoint set picks)."""
     n_phases = len(labels)
-    offsets = list(np.cumsum([0, *counts[:-1]]))
-    groups = _UnionFind(int(sum(counts)))
+    offsets = [int(v) for v in np.cumsum([0, *counts[:-1]])]
+    groups = DisjointSet(range(int(sum(counts))))
     spacing = np.asarray(spacing_mm, dtype=np.float64)
     max_step = min(1 + settings.max_gap, n_phases - 1 if not settings.cyclic else n_phases // 2)
     boxes = [ndimage.find_objects(lab) for lab in labels]
@@ -253,7 +229,7 @@ def _link_components(labels: list[np.ndarray], counts: list[int], spacing_mm: Se
                 both = (labels[p] > 0) & (labels[q] > 0)
                 keys = np.unique(labels[p][both].astype(np.int64) * (counts[q] + 1) + labels[q][both])
                 for a, b in zip((keys // (counts[q] + 1)).tolist(), (keys % (counts[q] + 1)).tolist(), strict=True):
-                    groups.union(offsets[p] + a - 1, offsets[q] + b - 1)
+                    groups.merge(offsets[p] + a - 1, offsets[q] + b - 1)
             # distance links from components of p that overlap nothing in q
             tolerance = d * settings.motion_tolerance_mm
             if tolerance <= 0:
@@ -267,8 +243,13 @@ def _link_components(labels: list[np.ndarray], counts: list[int], spacing_mm: Se
                     continue
                 distance = ndimage.distance_transform_edt(~component, sampling=spacing)
                 for b in np.unique(near_labels[(distance <= tolerance) & (near_labels > 0)]).tolist():
-                    groups.union(offsets[p] + a - 1, offsets[q] + b - 1)
-    return groups, offsets
+                    groups.merge(offsets[p] + a - 1, offsets[q] + b - 1)
+    group = [0] * int(sum(counts))
+    for subset in groups.subsets():
+        smallest = min(subset)
+        for node in subset:
+            group[node] = smallest
+    return group, offsets
 
 
 def _signed_distance(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
@@ -315,8 +296,8 @@ def temporal_filter(masks: np.ndarray, spacing_mm: Sequence[float], settings: Te
     needed = min(settings.min_phases, n_phases)
     if sum(counts) == 0 or (needed <= 1 and max_groups is None):  # nothing to filter
         return masks.copy(), [0] * n_phases, [0] * n_phases, []
-    groups, offsets = _link_components(labels, counts, spacing_mm, settings)
-    root_of = [[groups.find(offsets[p] + a) for a in range(counts[p])] for p in range(n_phases)]
+    group, offsets = _link_components(labels, counts, spacing_mm, settings)
+    root_of = [[group[offsets[p] + a] for a in range(counts[p])] for p in range(n_phases)]
     phases_of: dict[int, set[int]] = {}
     volume_of: dict[int, int] = {}
     for p in range(n_phases):
@@ -383,7 +364,7 @@ def _refine_box(raw: np.ndarray, geometry: Geometry, settings: RefineSettings) -
     """Steps 2–6 on a (phase, z, y, x) crop of the grid (the spacing is the grid's)."""
     spacing = geometry.spacing_mm
     conn = settings.connectivity
-    min_voxels = int(np.ceil(conn.min_volume_ml / voxel_volume_ml(geometry))) if conn.min_volume_ml > 0 else 0
+    min_voxels = int(np.ceil(conn.min_volume_ml / geometry.voxel_volume_ml)) if conn.min_volume_ml > 0 else 0
     n_phases = raw.shape[0]
     components, removed_small = [], []
     masks = np.empty_like(raw)
@@ -396,9 +377,20 @@ def _refine_box(raw: np.ndarray, geometry: Geometry, settings: RefineSettings) -
         masks, removed_temporal, removed_extra, filled = temporal_filter(masks, spacing, settings.temporal,
                                                                          conn.max_components)
     for p in range(n_phases):
-        if conn.fill_holes or conn.fill_holes_per_slice:
-            masks[p] = fill_holes(masks[p], volume=conn.fill_holes, per_slice=conn.fill_holes_per_slice)
+        if conn.fill_holes:
+            masks[p] = fill_holes(masks[p])
         if settings.temporal is None and conn.max_components is not None:
             masks[p], removed_extra[p] = keep_largest(masks[p], conn.max_components)
     return masks, RefinementReport(tuple(components), tuple(removed_small), tuple(removed_temporal),
                                    tuple(removed_extra), tuple(filled))
+
+
+def refine_from_spec(spec: StructureSpec, masks: np.ndarray, geometry: Geometry,
+                     temporal: TemporalSettings = TemporalSettings()) -> PhaseMasks:
+    """Refine one structure's (phase, z, y, x) bool masks (already thresholded) as its template entry asks: specks
+    below ``spec.min_volume_ml``, the temporal filter when there are several phases (a 4DCT), ``spec.components``
+    objects. The one way every driver (pipeline, evaluation, ablation) refines."""
+    settings = RefineSettings(temporal=temporal if masks.shape[0] > 1 else None,
+                              connectivity=ConnectivitySettings(min_volume_ml=spec.min_volume_ml,
+                                                                max_components=spec.components))
+    return refine_structure(spec.name, masks, geometry, settings)

@@ -22,13 +22,14 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, Sam3Model
 
 from model.calibration import CALIBRATION_FILE, read_thresholds
+from model.identity import ModelIdentity
 from model.preprocess import ImageSpec
 
 logger = logging.getLogger(__name__)
@@ -42,35 +43,6 @@ _CHUNK = 16 << 20
 
 class ModelLoadError(RuntimeError):
     """A model or adapter directory is missing, incomplete or does not match the architecture."""
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What produced a result: SHA-256 of the config (canonical JSON), of the weight files, and of the adapter.
-
-    ``merged_from`` is set for a checkpoint written by ``merge``: the identity of the base and adapter it came from.
-    ``label``: the model directory's label (``itvsam_model.json``), e.g. that it is a phantom model.
-    ``thresholds``: the calibrated per-structure thresholds (of the adapter when there is one, else of the model).
-    """
-
-    config_sha256: str
-    weights_sha256: str
-    adapter_sha256: str | None = None
-    merged_from: dict[str, str | None] | None = None
-    label: str | None = None
-    thresholds: dict[str, float] | None = None
-
-    @property
-    def short(self) -> str:
-        """12 hex digits summarising the whole identity (for logs and file names)."""
-        text = f"{self.config_sha256}:{self.weights_sha256}:{self.adapter_sha256}"
-        if self.thresholds is not None:
-            text += ":" + json.dumps(self.thresholds, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON-ready form (recorded with every result)."""
-        return {**asdict(self), "short": self.short}
 
 
 @dataclass(frozen=True, eq=False)
@@ -225,27 +197,23 @@ def load_sam3(
     return LoadedSam3(model=model, tokenizer=tokenizer, image_spec=image_spec_for(model, path), identity=identity)
 
 
-def merge(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False
-          ) -> ModelIdentity:
+def merge(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> ModelIdentity:
     """Merge a LoRA adapter into the base weights and write a self-contained model directory (``itvsam merge``).
 
     ``out_dir`` gets ``config.json`` (plain ``sam3``), ``model.safetensors`` (float32), the tokenizer and processor
     files of the base, the adapter's calibration, and ``itvsam_merge.json`` recording the base and adapter
-    identities. Refuses an existing non-empty ``out_dir`` unless ``overwrite``. Returns the identity of the written
-    directory.
+    identities. Refuses an existing non-empty ``out_dir``. Returns the identity of the written directory.
     """
     base = check_model_dir(base_dir)
     adapter = check_adapter_dir(adapter_dir)
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"output directory {out} is not empty (pass overwrite=True to replace it)")
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"output directory {out} is not empty: choose a new one")
     base_identity = model_identity(base)
     from model.lora import load_adapter
 
     merged = load_adapter(load_base_model(base), adapter).merge_and_unload()
     merged.config.architectures = ["Sam3Model"]
-    if out.exists() and overwrite:
-        shutil.rmtree(out)
     out.mkdir(parents=True)
     merged.save_pretrained(out, safe_serialization=True)
     for name in (*TOKENIZER_FILES, *PROCESSOR_FILES, MODEL_LABEL):

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from transformers import Sam3Model
 
 from model.sam3 import MODEL_LABEL, TOKENIZER_FILES, check_model_dir
-from model.tiny import tiny_config, write_processor_config, write_tiny_tokenizer
+from model.tiny import tiny_config, write_processor_config, write_tiny_tokenizer  # the phantom model's architecture
 
 
 def init_model_dir(out_dir: str | Path, *, image_size: int = 224, seed: int = 0) -> Path:

@@ -25,6 +25,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import CLIPTokenizer, Sam3Config, Sam3Model
 
+from model.preprocess import TEXT_MAX_LENGTH
+
 # Words of the prompts of the default thoracic template and its common synonyms.
 TINY_WORDS: tuple[str, ...] = (
     "gross", "tumor", "tumour", "volume", "lung", "lungs", "left", "right", "heart", "lesion", "nodule", "mass",
@@ -33,7 +35,6 @@ TINY_WORDS: tuple[str, ...] = (
 )
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
-TEXT_MAX_LENGTH = 32  # the Sam3Processor pads/truncates prompts to 32 tokens
 TINY_IMAGE_SIZE = 112
 
 

@@ -43,10 +43,9 @@ from model.lora import LoraSettings, apply_lora, save_adapter
 from model.losses import LossSettings, item_losses
 from model.metrics import dice, hd95
 from model.mining import HardNegativeSampler, MiningSettings
-from model.preprocess import ImageSpec, ct_to_images, masks_to_model_grid
+from model.preprocess import TEXT_MAX_LENGTH, ImageSpec, ct_to_images, masks_to_model_grid
 from model.sam3 import MODEL_LABEL, PROCESSOR_FILES, TOKENIZER_FILES, image_spec_for, load_base_model
 from model.samples import AugmentSettings, Batch, SampleIndex, make_batch
-from model.tiny import TEXT_MAX_LENGTH
 
 logger = logging.getLogger(__name__)
 

@@ -27,4 +27,4 @@ command -v "$python" >/dev/null 2>&1 || python=python3
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[engine,gateway,worker,test]"
 # fail here, not in the tests, if the install is broken
-.venv/bin/python -c "import dicomrt, service.cli, model.sam3, workers.pipeline, service.api.app, workers.tasks"
+.venv/bin/python -c "import dicomrt, jobs.options, itvsam.cli, model.sam3, workers.pipeline, service.api.app, workers.tasks"

@@ -18,9 +18,10 @@ from typing import Any, Protocol
 from dicomrt.errors import StudyError
 from dicomrt.reader import scan_study
 from dicomrt.study import StudyIndex, index_summary
-from service.jobstore import JobStore
-from service.manifest import Delivery, InputInfo, JobError, JobState, Manifest, new_job_id
-from service.settings import Settings
+from jobs.manifest import Delivery, InputInfo, JobError, JobState, Manifest, new_job_id
+from jobs.options import JobOptions
+from jobs.store import JobStore
+from service.settings import IntakeSettings
 from service.uploads import ReceivedStudy
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ class Queue(Protocol):
     def enqueue(self, job_id: str) -> bool: ...
 
 
-def disk_problem(store: JobStore, settings: Settings) -> str | None:
+def disk_problem(store: JobStore, settings: IntakeSettings) -> str | None:
     """Why the store is too full for a new study (below its disk watermark), or None."""
     space = store.disk_space()
     if space.free_bytes < settings.min_free_bytes or space.free_fraction < settings.min_free_fraction:
@@ -51,8 +52,10 @@ def study_brief(index: StudyIndex) -> dict[str, Any]:
     }
 
 
-def idempotency_key(received: ReceivedStudy, options: dict[str, Any]) -> str:
-    text = f"{received.content_hash}\n{json.dumps(options, sort_keys=True, separators=(',', ':'))}"
+def idempotency_key(received: ReceivedStudy, options: JobOptions) -> str:
+    """The same files with the same normalised options (defaults spelled out or not) give the same key."""
+    normalised = json.dumps(options.to_json(), sort_keys=True, separators=(",", ":"))
+    text = f"{received.content_hash}\n{normalised}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -61,14 +64,14 @@ def _input(received: ReceivedStudy, source: str, calling_ae: str | None) -> Inpu
                      calling_ae=calling_ae)
 
 
-def accept_study(received: ReceivedStudy, source: str, options: dict[str, Any], force: bool, store: JobStore,
+def accept_study(received: ReceivedStudy, source: str, options: JobOptions, force: bool, store: JobStore,
                  queue: Queue, *, calling_ae: str | None = None, deliveries: list[Delivery] | None = None,
                  index: StudyIndex | None = None) -> tuple[Manifest, bool]:
     """Validate the received study (unless ``index``, its scan, is given) and make (and queue) its job, or return the
     live job made from the same files and options. ``received.folder`` is moved into a new job. Raises
     ``StudyError`` for a refused study."""
     index = index if index is not None else scan_study(received.folder)
-    manifest = Manifest(id=new_job_id(), idempotency_key=idempotency_key(received, options), options=options,
+    manifest = Manifest(id=new_job_id(), idempotency_key=idempotency_key(received, options), options=options.to_json(),
                         input=_input(received, source, calling_ae), study=study_brief(index),
                         deliveries=list(deliveries or []))
     manifest, created = store.create_or_get(received.folder, manifest, force)
@@ -84,12 +87,12 @@ def accept_study(received: ReceivedStudy, source: str, options: dict[str, Any], 
     return manifest, created
 
 
-def record_refusal(received: ReceivedStudy, source: str, options: dict[str, Any], error: StudyError,
+def record_refusal(received: ReceivedStudy, source: str, options: JobOptions, error: StudyError,
                    store: JobStore, *, calling_ae: str | None = None) -> Manifest:
     """Keep a refused study as a failed job (never queued) whose error is the reader's code and message."""
     now = time.time()
     manifest = Manifest(id=new_job_id(), state=JobState.FAILED, finished_at=now,
-                        idempotency_key=idempotency_key(received, options), options=options,
+                        idempotency_key=idempotency_key(received, options), options=options.to_json(),
                         input=_input(received, source, calling_ae),
                         error=JobError(code=error.code, message=str(error)))
     manifest, _ = store.create_or_get(received.folder, manifest, force=True)

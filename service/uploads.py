@@ -18,7 +18,7 @@ from pathlib import Path
 
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
-from service.settings import Settings
+from service.settings import IntakeSettings
 
 CHUNK = 1024 * 1024
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -43,7 +43,7 @@ class UploadLimits:
     timeout_s: float
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> UploadLimits:
+    def from_settings(cls, settings: IntakeSettings) -> UploadLimits:
         return cls(settings.max_upload_bytes, settings.max_study_bytes, settings.max_files, settings.max_zip_ratio,
                    settings.max_options_bytes, settings.upload_timeout_s)
 

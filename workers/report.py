@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
@@ -16,30 +15,29 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dicomrt.geometry import Geometry
-from dicomrt.structures import StructureSpec
 from dicomrt.study import Study4D
+from workers.results import StructureResult
 
 _HU_WINDOW = (-1000.0, 400.0)
 
 
-def qa_picture(study: Study4D, masks: dict[str, np.ndarray], template: Sequence[StructureSpec],
-               structures: dict[str, Any], path: Path) -> Path:
+def qa_picture(study: Study4D, structures: Sequence[StructureResult], path: Path) -> Path:
     """Write the QA picture to ``path`` (PNG) and return it.
 
-    ``masks``: per structure (phase, z, y, x) bool on the study's grid; ``structures``: the per-structure summary
-    (``centroids_lps_mm`` per phase) of the pipeline. The views cut through the ITV centroid of the first structure
-    with an ITV (else the volume's centre), on the phase nearest the reference percent.
+    ``structures``: the job's refined structures (masks (phase, z, y, x) bool on the study's grid, ITV, motion). The
+    views cut through the ITV centroid of the first structure with a non-empty ITV (else the volume's centre), on the
+    phase nearest the reference percent.
     """
     geometry = study.phases[0].geometry
-    target = next((s for s in template if s.itv and masks[s.name].any()), None)
-    centre = _centre(masks[target.name].any(axis=0) if target else None, geometry.shape)
+    target = next((r for r in structures if r.itv is not None and r.itv.any()), None)
+    centre = _centre(target.itv if target else None, geometry.shape)
     background = study.phases[_reference_phase(study)].volume
     figure = Figure(figsize=(15, 5.5), dpi=100)
     FigureCanvasAgg(figure)
     coronal, sagittal, trajectory = figure.subplots(1, 3)
     for axes, view in ((coronal, "coronal"), (sagittal, "sagittal")):
-        _view(axes, view, background, masks, template, target, centre, geometry, len(study.phases))
-    _trajectory(trajectory, study, target, structures)
+        _view(axes, view, background, structures, target, centre, geometry, len(study.phases))
+    _trajectory(trajectory, study, target)
     study_hash = study.index.study_hash
     figure.suptitle(f"itvsam QA — study {study_hash}, {len(study.phases)} phase(s); contours of every phase, ITV "
                     f"bold — check before clinical use")
@@ -69,8 +67,8 @@ def _axis_mm(geometry: Geometry, axis: int) -> tuple[float, float]:
     return float(first[patient_axis]), float(last[patient_axis])
 
 
-def _view(axes, view: str, background: np.ndarray, masks: dict[str, np.ndarray], template: Sequence[StructureSpec],
-          target: StructureSpec | None, centre: tuple[int, int, int], geometry: Geometry, n_phases: int) -> None:
+def _view(axes, view: str, background: np.ndarray, structures: Sequence[StructureResult],
+          target: StructureResult | None, centre: tuple[int, int, int], geometry: Geometry, n_phases: int) -> None:
     """A coronal (z, x at the centre's y) or sagittal (z, y at the centre's x) cut, head up."""
     axis, cut, label = (1, centre[1], "x (mm, patient left →)") if view == "coronal" else \
         (2, centre[2], "y (mm, posterior →)")
@@ -82,14 +80,14 @@ def _view(axes, view: str, background: np.ndarray, masks: dict[str, np.ndarray],
     axes.imshow(take(background), cmap="gray", vmin=_HU_WINDOW[0], vmax=_HU_WINDOW[1], origin="lower",
                 extent=extent, aspect="equal", interpolation="nearest")
     phases = colormaps["viridis"]
-    for spec in template:
-        stack = masks[spec.name]
-        if spec is target:
+    for result in structures:
+        stack = result.refined
+        if result is target:
             for k in range(n_phases):
                 _outline(axes, take(stack[k]), extent, phases(k / max(1, n_phases - 1)), 0.8)
-            _outline(axes, take(stack.any(axis=0)), extent, "red", 2.0)
+            _outline(axes, take(result.itv), extent, "red", 2.0)
         else:
-            _outline(axes, take(stack[len(stack) // 2]), extent, np.array(spec.colour) / 255.0, 1.0)
+            _outline(axes, take(stack[len(stack) // 2]), extent, np.array(result.spec.colour) / 255.0, 1.0)
     axes.set_title(f"{view} (cut at index {cut})")
     axes.set_xlabel(label)
     axes.set_ylabel("z (mm, head ↑)")
@@ -101,22 +99,22 @@ def _outline(axes, mask: np.ndarray, extent, colour, width: float) -> None:
                      extent=extent)
 
 
-def _trajectory(axes, study: Study4D, target: StructureSpec | None, structures: dict[str, Any]) -> None:
+def _trajectory(axes, study: Study4D, target: StructureResult | None) -> None:
     """The target's centroid per phase: superior-inferior (z) against anterior-posterior (y), labelled by phase."""
     if target is None:
         axes.text(0.5, 0.5, "no target with an ITV found", ha="center", va="center", transform=axes.transAxes)
         axes.set_axis_off()
         return
-    summary = structures[target.name]
-    centroids = np.array([[np.nan if v is None else v for v in c] for c in summary["centroids_lps_mm"]], dtype=float)
+    # rounded as in the summary, so that the picture shows the numbers the summary gives
+    centroids = np.round(target.motion.centroids_lps_mm, 3)
     present = ~np.isnan(centroids[:, 0])
     ys, zs = centroids[present, 1], centroids[present, 2]
     axes.plot(np.append(ys, ys[:1]), np.append(zs, zs[:1]), "-o", color="tab:red")
-    for (y, z), phase in zip(zip(ys, zs, strict=True), np.array(summary["phases"])[present], strict=True):
+    labels = np.array([p.label for p in study.phases])[present]
+    for (y, z), phase in zip(zip(ys, zs, strict=True), labels, strict=True):
         axes.annotate(phase, (y, z), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    amplitude = summary["amplitude_mm"]
-    axes.set_title(f"{target.name} centroid: amplitude LR {amplitude['x']:.1f}, AP {amplitude['y']:.1f}, "
-                   f"SI {amplitude['z']:.1f} mm")
+    lr, ap, si = np.round(target.motion.amplitude_mm, 3)
+    axes.set_title(f"{target.spec.name} centroid: amplitude LR {lr:.1f}, AP {ap:.1f}, SI {si:.1f} mm")
     axes.set_xlabel("y (mm, posterior →)")
     axes.set_ylabel("z (mm, head ↑)")
     axes.set_aspect("equal", adjustable="datalim")

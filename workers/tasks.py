@@ -3,7 +3,7 @@
 - The engine (``workers.pipeline.load_engine``) is loaded when the pool starts the process (``worker_process_init``),
   or on the first job with the solo pool; a heartbeat thread then publishes the worker's model identity to Redis and
   renews the lease of the job it runs.
-- The manifest decides what a message means (``workers.claims``): a finished job is skipped, a job under another
+- The manifest decides what a message means (``jobs.claims``): a finished job is skipped, a job under another
   live lease is retried later, a job whose runs killed their worker ``max_attempts`` times is failed.
 - Bad input (``StudyError``, ``RTError``, invalid options) fails the job at once; transient errors (I/O, the broker,
   GPU out of memory) are retried ``max_retries`` times; anything else fails the job with its reason. A failed task
@@ -29,12 +29,13 @@ from celery.signals import worker_process_init, worker_process_shutdown
 
 from dicomrt.errors import StudyError
 from dicomrt.rt_errors import RTError
-from service.broker import TASK_NAME, WorkerBeat, heartbeat_key, marker_key, publish_heartbeat
-from service.jobstore import JobNotFoundError, JobStore
-from service.manifest import JobError, JobProgress, JobState, Manifest
-from service.settings import Settings, get_settings
+from jobs.claims import ClaimOutcome, claim, finish, release_for_retry, renew
+from jobs.manifest import JobError, JobProgress, JobState, Manifest
+from jobs.options import InvalidOptionsError, parse_options
+from jobs.queue import TASK_NAME, WorkerBeat, heartbeat_key, marker_key, publish_heartbeat
+from jobs.store import JobNotFoundError, JobStore
 from workers.celery_app import celery_app
-from workers.claims import ClaimOutcome, claim, finish, release_for_retry, renew
+from workers.settings import WorkerSettings, get_worker_settings
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError | redis.RedisError) or type(exc).__name__ == "OutOfMemoryError"
 
 
-def load_engine(settings: Settings) -> None:
+def load_engine(settings: WorkerSettings) -> None:
     """Load the model into this process (once); record the error instead of raising, so the heartbeat can tell."""
     if _process.engine is not None:
         return
@@ -74,7 +75,7 @@ def load_engine(settings: Settings) -> None:
             raise ValueError("ITVSAM_MODEL_DIR is not set: the worker needs the SAM 3 model folder")
         started = time.perf_counter()
         _process.engine = pipeline.load_engine(settings.model_dir, settings.adapter_dir, settings.device)
-        _process.identity = dict(getattr(_process.engine, "identity", {}) or {})
+        _process.identity = _process.engine.identity.to_dict()
         _process.load_error = None
         logger.info("worker %s loaded the model in %.1f s on %s", _process.worker, time.perf_counter() - started,
                     settings.device)
@@ -83,7 +84,7 @@ def load_engine(settings: Settings) -> None:
         logger.exception("worker %s could not load the model", _process.worker)
 
 
-def _beat(settings: Settings, client: redis.Redis, store: JobStore) -> None:
+def _beat(settings: WorkerSettings, client: redis.Redis, store: JobStore) -> None:
     publish_heartbeat(client, WorkerBeat(
         worker=_process.worker, model_loaded=_process.engine is not None, identity=_process.identity,
         device=settings.device, job=_process.job, at=time.time(), error=_process.load_error), settings.heartbeat_ttl_s)
@@ -92,7 +93,7 @@ def _beat(settings: Settings, client: redis.Redis, store: JobStore) -> None:
             renew(store, _process.job, _process.worker, settings.lease_s)
 
 
-def _heartbeat_loop(settings: Settings) -> None:
+def _heartbeat_loop(settings: WorkerSettings) -> None:
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
     store = JobStore(settings.store_dir)
     interval = min(settings.heartbeat_ttl_s, settings.lease_s) / 3
@@ -106,7 +107,7 @@ def _heartbeat_loop(settings: Settings) -> None:
         client.delete(heartbeat_key(_process.worker))
 
 
-def start_process(settings: Settings) -> None:
+def start_process(settings: WorkerSettings) -> None:
     """Load the engine and start the heartbeat thread of this worker process."""
     _process.worker = f"{socket.gethostname()}:{os.getpid()}"
     load_engine(settings)
@@ -119,7 +120,7 @@ def start_process(settings: Settings) -> None:
 
 @worker_process_init.connect
 def _on_process_init(**_: object) -> None:
-    start_process(get_settings())
+    start_process(get_worker_settings())
 
 
 @worker_process_shutdown.connect
@@ -177,7 +178,7 @@ class ProgressWriter:
         return self.seconds
 
 
-def _forget_marker(settings: Settings, job_id: str) -> None:
+def _forget_marker(settings: WorkerSettings, job_id: str) -> None:
     try:
         redis.Redis.from_url(settings.redis_url, socket_timeout=5).delete(marker_key(job_id))
     except redis.RedisError as exc:  # the gateway's requeue skips finished jobs, so a stale marker is harmless
@@ -194,7 +195,7 @@ def _record_stage_seconds(store: JobStore, job_id: str, seconds: dict[str, float
 @celery_app.task(name=TASK_NAME, bind=True)
 def run_job(self: Task, job_id: str) -> str:
     """Run job ``job_id`` from the job store; returns what happened ("succeeded", "skipped: ...")."""
-    settings = get_settings()
+    settings = get_worker_settings()
     store = JobStore(settings.store_dir)
     if _process.thread is None:  # the solo pool sends no worker_process_init
         start_process(settings)
@@ -220,17 +221,17 @@ def run_job(self: Task, job_id: str) -> str:
         _process.job = None
 
 
-def _run_claimed(task: Task, settings: Settings, store: JobStore, manifest: Manifest) -> str:
+def _run_claimed(task: Task, settings: WorkerSettings, store: JobStore, manifest: Manifest) -> str:
     from workers import pipeline  # torch: only in the worker
 
     job_id, worker = manifest.id, _process.worker
     logger.info("job %s: attempt %d on %s", job_id, manifest.attempts, worker)
     progress = ProgressWriter(store, job_id, worker)
     out = store.reset_output(job_id)
-    try:
-        options = pipeline.JobOptions.from_json(manifest.options)
-    except (TypeError, ValueError, KeyError) as exc:
-        _fail(settings, store, job_id, worker, "invalid_options", f"the job's options are invalid: {exc}")
+    try:  # checked when the job was made; a manifest written by another version may still hold stale ones
+        options = parse_options(manifest.options)
+    except InvalidOptionsError as exc:
+        _fail(settings, store, job_id, worker, exc.code, f"the job's options are invalid: {exc}")
         raise
     try:
         pipeline.run_job(store.input_dir(job_id), out, _process.engine, options, progress=progress)
@@ -263,7 +264,7 @@ def _run_claimed(task: Task, settings: Settings, store: JobStore, manifest: Mani
     return "succeeded"
 
 
-def _fail(settings: Settings, store: JobStore, job_id: str, worker: str, code: str, message: str) -> None:
+def _fail(settings: WorkerSettings, store: JobStore, job_id: str, worker: str, code: str, message: str) -> None:
     finish(store, job_id, worker, JobState.FAILED, error=JobError(code=code, message=message))
     _forget_marker(settings, job_id)
     logger.warning("job %s failed [%s]: %s", job_id, code, message)

@@ -43,11 +43,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
+from dicomrt.ct_series import write_ct_image
 from dicomrt.geometry import Geometry
 from dicomrt.phantom.config import Compression, PhantomConfig, VendorStyle
 from dicomrt.phantom.generate import STRUCTURES, Phantom4D
@@ -231,10 +231,9 @@ def write_phantom(phantom: Phantom4D, out_dir: Path, *, vendor: VendorStyle | st
         key = keys[v]
         dataset = _dataset(phantom, vendor, encoding, study_uid, series_info[v], key, k, sop_uids[v][k],
                            [uids[k] for uids in sop_uids[: config.n_phases]])
-        stored = encoding.encode(volumes_hu[v][k])
-        _set_pixels(dataset, stored, transfer_syntax, check=not checked)
+        write_ct_image(paths[v][k], dataset, encoding.encode(volumes_hu[v][k]), bits_stored=encoding.bits_stored,
+                       transfer_syntax=transfer_syntax, check_lossless=not checked)
         checked = True
-        pydicom.dcmwrite(paths[v][k], dataset, enforce_file_format=True)
 
     volumes = []
     for v, key in enumerate(keys):
@@ -261,7 +260,8 @@ def _series(config: PhantomConfig, vendor: VendorStyle, key: int | str, single: 
 
 def _dataset(phantom: Phantom4D, vendor: VendorStyle, encoding: PixelEncoding, study_uid: str,
              series: tuple[str, int, str], key: int | str, k: int, sop_uid: str, sources: list[str]) -> Dataset:
-    """The CT Image Storage dataset (all but the pixel data) of slice ``k`` of volume ``key``."""
+    """The attributes of slice ``k`` of volume ``key`` that are the phantom's own (``write_ct_image`` adds the SOP
+    class, Modality, Image Pixel module, pixel data and file meta)."""
     config = phantom.config
     geometry = phantom.geometry
     nz, ny, nx = geometry.shape
@@ -274,7 +274,6 @@ def _dataset(phantom: Phantom4D, vendor: VendorStyle, encoding: PixelEncoding, s
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL", "AVERAGE"] if is_aip else ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = sop_uid
     series_time = STUDY_START_S + 60.0 + phase * PHASE_INTERVAL_S
     image_time = series_time + (nz - 1 - k) * SLICE_INTERVAL_S  # the scan runs head to feet
@@ -288,7 +287,6 @@ def _dataset(phantom: Phantom4D, vendor: VendorStyle, encoding: PixelEncoding, s
         ds.AcquisitionTime = _time(image_time)
     ds.ContentTime = _time(image_time)
     ds.AccessionNumber = f"PH{config.seed}"[:16]
-    ds.Modality = "CT"
     ds.Manufacturer = MANUFACTURER
     ds.InstitutionName = "itvsam synthetic data"
     ds.ReferringPhysicianName = ""
@@ -335,15 +333,7 @@ def _dataset(phantom: Phantom4D, vendor: VendorStyle, encoding: PixelEncoding, s
             item.ReferencedSOPInstanceUID = uid
             items.append(item)
         ds.SourceImageSequence = DicomSequence(items)
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = ny
-    ds.Columns = nx
     ds.PixelSpacing = [_ds(dy), _ds(dx)]
-    ds.BitsAllocated = 16
-    ds.BitsStored = encoding.bits_stored
-    ds.HighBit = encoding.bits_stored - 1
-    ds.PixelRepresentation = 1 if encoding.signed else 0
     ds.WindowCenter = ["40", "-600"]
     ds.WindowWidth = ["400", "1600"]
     ds.WindowCenterWidthExplanation = ["MEDIASTINUM", "LUNG"]
@@ -352,24 +342,7 @@ def _dataset(phantom: Phantom4D, vendor: VendorStyle, encoding: PixelEncoding, s
     ds.RescaleType = "HU"
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
     return ds
-
-
-def _set_pixels(ds: Dataset, stored: np.ndarray, transfer_syntax: pydicom.uid.UID, check: bool) -> None:
-    """Set the pixel data, compressed with ``transfer_syntax`` if it is not Explicit VR Little Endian; ``check``:
-    decode again and compare (lossless means identical)."""
-    if transfer_syntax == ExplicitVRLittleEndian:
-        ds.PixelData = np.ascontiguousarray(stored).tobytes()
-        ds["PixelData"].VR = "OW"
-        return
-    ds.compress(transfer_syntax, np.ascontiguousarray(stored), encoding_plugin="pylibjpeg")
-    if check and not np.array_equal(ds.pixel_array, stored):
-        raise RuntimeError(f"{transfer_syntax.name} encoding is not lossless here: decoded pixels differ")
 
 
 def write_truth(phantom: Phantom4D, files: PhantomFiles) -> None:

@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from dicomrt.provenance import software_version
+from jobs.queue import JobQueue, celery_queue
+from jobs.store import JobStore
 from service.api.errors import install_error_handlers
 from service.api.maintenance import maintenance_loop
 from service.api.routes import dicomweb, health, jobs, metrics
 from service.api.telemetry import GatewayMetrics
-from service.broker import JobQueue, celery_queue
-from service.jobstore import JobStore
-from service.settings import Settings, get_settings
+from service.settings import GatewaySettings, get_gateway_settings
 
 logger = logging.getLogger(__name__)
 
@@ -25,14 +25,15 @@ RTSTRUCTs, DICOM SEG, QA report and JSON summary. Every request except health an
 Errors share one body: `{"error": {"code": ..., "message": ...}}`."""
 
 
-def default_queue(settings: Settings) -> JobQueue:
+def default_queue(settings: GatewaySettings) -> JobQueue:
     return celery_queue(settings)  # the gateway queues by task name
 
 
-def create_app(settings: Settings | None = None, queue: JobQueue | None = None, maintenance: bool = True) -> FastAPI:
+def create_app(settings: GatewaySettings | None = None, queue: JobQueue | None = None,
+               maintenance: bool = True) -> FastAPI:
     """The gateway for ``settings`` (default: from the environment) and ``queue`` (default: Celery on Redis).
     ``maintenance``: run the periodic requeue and retention task while the app serves."""
-    settings = settings or get_settings()
+    settings = settings or get_gateway_settings()
     store = JobStore(settings.store_dir)
     queue = queue or default_queue(settings)
     if not settings.api_key_hashes:

@@ -12,14 +12,14 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from jobs.queue import JobQueue
+from jobs.store import JobStore
 from service.api.errors import ApiError
 from service.api.telemetry import GatewayMetrics
-from service.broker import JobQueue
-from service.jobstore import JobStore
-from service.settings import Settings, hash_api_key
+from service.settings import GatewaySettings, hash_api_key
 
 
-def get_app_settings(request: Request) -> Settings:
+def get_app_settings(request: Request) -> GatewaySettings:
     return request.app.state.settings
 
 
@@ -35,7 +35,7 @@ def get_metrics(request: Request) -> GatewayMetrics:
     return request.app.state.metrics
 
 
-SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+SettingsDep = Annotated[GatewaySettings, Depends(get_app_settings)]
 JobStoreDep = Annotated[JobStore, Depends(get_store)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.jobstore import JobNotFoundError
+from jobs.store import JobNotFoundError
 from service.uploads import UploadError
 
 logger = logging.getLogger(__name__)

@@ -4,30 +4,32 @@ watermark and options as HTTP refusals, and ``accept_study`` off the event loop.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
 
+from jobs.manifest import Manifest
+from jobs.options import InvalidOptionsError, JobOptions
+from jobs.options import parse_options as parse_job_options
+from jobs.queue import JobQueue
+from jobs.store import JobStore
 from service import intake
 from service.api.errors import ApiError
-from service.broker import JobQueue
-from service.jobstore import JobStore
-from service.manifest import Manifest
-from service.settings import Settings
+from service.settings import IntakeSettings
 from service.uploads import ReceivedStudy
 
 
-def check_disk(store: JobStore, settings: Settings) -> None:
+def check_disk(store: JobStore, settings: IntakeSettings) -> None:
     """507 when the store is below its disk watermark (new uploads would fill it)."""
     problem = intake.disk_problem(store, settings)
     if problem is not None:
         raise ApiError(507, "insufficient_storage", problem)
 
 
-def parse_options(text: str | None, settings: Settings) -> dict[str, Any]:
-    """The job options: a JSON object (interpreted by the worker's pipeline), or none."""
+def parse_options(text: str | None, settings: IntakeSettings) -> JobOptions:
+    """The job options: a JSON object checked against the job contract (``jobs.options``), or none (the defaults).
+    A bad option is a 422 naming the field, before anything is stored."""
     if not text:
-        return {}
+        return JobOptions()
     if len(text.encode()) > settings.max_options_bytes:
         raise ApiError(413, "options_too_large", f"options must be at most {settings.max_options_bytes} bytes")
     try:
@@ -36,10 +38,13 @@ def parse_options(text: str | None, settings: Settings) -> dict[str, Any]:
         raise ApiError(422, "invalid_options", f"options must be a JSON object, got invalid JSON: {exc}") from None
     if not isinstance(options, dict):
         raise ApiError(422, "invalid_options", f"options must be a JSON object, got {type(options).__name__}")
-    return options
+    try:
+        return parse_job_options(options)
+    except InvalidOptionsError as exc:
+        raise ApiError(422, exc.code, str(exc)) from None
 
 
-async def accept_study(received: ReceivedStudy, source: str, options: dict[str, Any], force: bool,
+async def accept_study(received: ReceivedStudy, source: str, options: JobOptions, force: bool,
                        store: JobStore, queue: JobQueue) -> tuple[Manifest, bool]:
     """Validate the received study and make (and queue) its job, or return the live job made from the same files
     and options. Raises ``StudyError`` for a refused study."""

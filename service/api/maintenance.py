@@ -11,14 +11,14 @@ import logging
 import redis
 from fastapi.concurrency import run_in_threadpool
 
-from service.broker import JobQueue
-from service.jobstore import JobStore
-from service.settings import Settings
+from jobs.queue import JobQueue
+from jobs.store import JobStore
+from service.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
 
 
-def maintain(store: JobStore, queue: JobQueue, settings: Settings) -> None:
+def maintain(store: JobStore, queue: JobQueue, settings: GatewaySettings) -> None:
     """One round: requeue lost jobs, purge expired ones. Failures are logged and tried again next round."""
     try:
         queue.requeue_lost(store)
@@ -33,7 +33,7 @@ def maintain(store: JobStore, queue: JobQueue, settings: Settings) -> None:
             logger.info("retention: removed %d jobs older than %g days", len(deleted), settings.retention_days)
 
 
-async def maintenance_loop(store: JobStore, queue: JobQueue, settings: Settings) -> None:
+async def maintenance_loop(store: JobStore, queue: JobQueue, settings: GatewaySettings) -> None:
     while True:
         await run_in_threadpool(maintain, store, queue, settings)
         await asyncio.sleep(settings.maintenance_interval_s)

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from service.manifest import Manifest
+from jobs.manifest import Manifest
 
 
 class ErrorDetail(BaseModel):

@@ -21,9 +21,9 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
-from service.broker import JobQueue
-from service.jobstore import JobStore
-from service.manifest import JobState
+from jobs.manifest import JobState
+from jobs.queue import JobQueue
+from jobs.store import JobStore
 
 logger = logging.getLogger(__name__)
 

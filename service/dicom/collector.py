@@ -34,8 +34,8 @@ from dicomrt.errors import StudyError
 from dicomrt.identifiers import short_hash
 from dicomrt.instances import InstanceHeader, Skip, read_header
 from dicomrt.study import StudyIndex
-from service.jobstore import JobStore
-from service.manifest import LateArrival, Manifest
+from jobs.manifest import LateArrival, Manifest
+from jobs.store import JobStore
 from service.uploads import ReceivedStudy
 
 logger = logging.getLogger(__name__)

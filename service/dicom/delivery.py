@@ -18,11 +18,11 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from jobs.manifest import Delivery, DeliveryState, JobState, Manifest
+from jobs.store import JobNotFoundError, JobStore
 from service.dicom.net import NODELAY, DicomNetworkError, describe_failure, requestor_ae
 from service.dicom.peers import Destination, OutputKind, destinations_for, output_patterns
-from service.jobstore import JobNotFoundError, JobStore
-from service.manifest import Delivery, DeliveryState, JobState, Manifest
-from service.settings import Settings
+from service.settings import ListenerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def plan_deliveries(destinations: tuple[Destination, ...], calling_ae: str | Non
                      outputs=[k.value for k in d.outputs]) for d in destinations_for(destinations, calling_ae)]
 
 
-def backoff_s(attempts: int, settings: Settings) -> float:
+def backoff_s(attempts: int, settings: ListenerSettings) -> float:
     """The wait after the ``attempts``-th failed attempt."""
     return min(settings.delivery_backoff_s * 2 ** max(attempts - 1, 0), settings.delivery_max_backoff_s)
 
@@ -49,7 +49,7 @@ def chosen_files(output_dir: Path, outputs: list[str]) -> list[Path]:
     return files
 
 
-def send_files(files: list[Path], destination: Destination, settings: Settings) -> int:
+def send_files(files: list[Path], destination: Destination, settings: ListenerSettings) -> int:
     """C-STORE ``files`` to ``destination`` on one association; returns how many were stored. Raises
     ``DicomNetworkError`` when the destination cannot be reached or refuses an instance."""
     if not files:
@@ -82,7 +82,7 @@ def send_files(files: list[Path], destination: Destination, settings: Settings) 
 class DeliveryLoop:
     """``step()`` advances every job with unfinished deliveries (see the module docstring)."""
 
-    def __init__(self, store: JobStore, settings: Settings, rescan_s: float = 10.0) -> None:
+    def __init__(self, store: JobStore, settings: ListenerSettings, rescan_s: float = 10.0) -> None:
         self.store = store
         self.settings = settings
         self.rescan_s = rescan_s

@@ -8,7 +8,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from service.dicom.peers import Destination
-from service.settings import Settings
+from service.settings import ListenerSettings
 
 
 class DicomNetworkError(Exception):
@@ -26,7 +26,7 @@ def set_nodelay(event: evt.Event) -> None:
 NODELAY = [(evt.EVT_CONN_OPEN, set_nodelay)]
 
 
-def requestor_ae(settings: Settings) -> AE:
+def requestor_ae(settings: ListenerSettings) -> AE:
     """Our AE (``scp_ae_title``) as an association requestor, with the listener's timeouts."""
     ae = AE(ae_title=settings.scp_ae_title)
     ae.acse_timeout = settings.scp_acse_timeout_s
@@ -43,7 +43,7 @@ def describe_failure(assoc: object, destination: Destination) -> str:
     return f"{where} could not be reached, or aborted the association (no presentation context accepted?)"
 
 
-def echo(destination: Destination, settings: Settings) -> None:
+def echo(destination: Destination, settings: ListenerSettings) -> None:
     """C-ECHO ``destination``; raises ``DicomNetworkError`` saying what went wrong."""
     ae = requestor_ae(settings)
     ae.add_requested_context(Verification)

@@ -36,14 +36,14 @@ from pynetdicom.sop_class import CTImageStorage, EnhancedCTImageStorage, Verific
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomrt.reader import scan_study
+from jobs.manifest import LateArrival, Manifest
+from jobs.store import JobStore
 from service.dicom.collector import OUT_OF_RESOURCES, CollectorConfig, InstanceRefused, StudyCollector
 from service.dicom.delivery import DeliveryLoop, plan_deliveries
 from service.dicom.net import set_nodelay
 from service.dicom.peers import Peer, allowed
 from service.intake import Queue, accept_study, disk_problem, record_refusal
-from service.jobstore import JobStore
-from service.manifest import LateArrival, Manifest
-from service.settings import Settings
+from service.settings import ListenerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def handle_store(event: evt.Event, collector: StudyCollector, space_problem: Cal
     return 0x0000
 
 
-def make_ae(settings: Settings) -> AE:
+def make_ae(settings: ListenerSettings) -> AE:
     """The AE with our title, the contexts we accept, and the limits and timeouts of the settings."""
     ae = AE(ae_title=settings.scp_ae_title)
     for sop_class in STORAGE_CLASSES:
@@ -104,7 +104,7 @@ def make_ae(settings: Settings) -> AE:
     return ae
 
 
-def server_tls(settings: Settings) -> ssl.SSLContext | None:
+def server_tls(settings: ListenerSettings) -> ssl.SSLContext | None:
     """TLS for the listening port when ``scp_tls_cert``/``scp_tls_key`` are set (peer certificates required when
     ``scp_tls_ca`` is)."""
     if settings.scp_tls_cert is None or settings.scp_tls_key is None:
@@ -118,11 +118,11 @@ def server_tls(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def collector_for(settings: Settings, store: JobStore, queue: Queue,
+def collector_for(settings: ListenerSettings, store: JobStore, queue: Queue,
                   on_job: Callable[[str], None] = lambda _job_id: None) -> StudyCollector:
     """A collector whose ready studies go through ``service.intake`` into ``store`` and ``queue`` (``on_job`` is told
     of every job made)."""
-    options = dict(settings.scp_options)
+    options = settings.scp_options
 
     def submit(received: Any, calling_ae: str | None, index: Any) -> Manifest:
         deliveries = plan_deliveries(settings.destinations, calling_ae)
@@ -177,7 +177,7 @@ def _every(interval_s: float, stop: threading.Event, step: Callable[[], None], n
     return thread
 
 
-def start_listener(settings: Settings, queue: Queue, store: JobStore | None = None,
+def start_listener(settings: ListenerSettings, queue: Queue, store: JobStore | None = None,
                    tick_s: float = 0.25) -> Listener:
     """Start the listener on ``settings.scp_host``/``scp_port`` (0: a free port) without blocking."""
     store = store or JobStore(settings.store_dir)

@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from dicomrt.phantom import STRUCTURES, VendorStyle
-from service.cli import EXIT_PATH, EXIT_REFUSED, app
+from itvsam.cli import app
+from itvsam.common import EXIT_PATH, EXIT_REFUSED
 from tests.conftest import dciodvfy_errors
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -8,7 +8,10 @@ import pydicom
 import pytest
 from typer.testing import CliRunner
 
-from service.cli import EXIT_MODEL, EXIT_PATH, EXIT_REFUSED, app
+from itvsam.cli import app
+from itvsam.common import EXIT_MODEL, EXIT_PATH, EXIT_REFUSED
+from jobs.options import JobOptions
+from model.sam3 import model_identity
 from tests.conftest import dciodvfy_errors
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -37,10 +40,14 @@ def test_run_writes_every_output_dciodvfy_clean(inputs, tmp_path, one_torch_thre
     assert summary["outputs"]["rtstruct"] == [*(f"RS_phase{k:02d}.dcm" for k in range(10)), "RS_reference.dcm",
                                               "RS_combined.dcm"]
     assert summary["outputs"]["derived"] == ["derived/AIP", "derived/MIP"]
-    assert summary["model"]["short"] == summary["model"]["short"].lower()
-    assert set(summary["structures"]) == {"GTV", "Lung_L", "Lung_R", "Heart"}
-    assert summary["timings"]["model_s"] > 0
-    assert isinstance(summary["flags"], list)
+    assert summary["model"] == model_identity(model).to_dict()  # the model on disk, not whatever ran
+    assert summary["options"] == JobOptions().to_json()  # the defaults, spelled out
+    assert list(summary["structures"]) == ["GTV", "Lung_L", "Lung_R", "Heart"]
+    timings = summary["timings"]
+    stages = ("reading_s", "model_s", "refining_s", "writing_s")
+    assert min(timings[k] for k in stages) > 0
+    assert timings["total_s"] == pytest.approx(sum(timings[k] for k in stages), abs=0.01)
+    assert all(flag.split(":")[0] in summary["structures"] for flag in summary["flags"]), summary["flags"]
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     reference = pydicom.dcmread(out / "RS_reference.dcm")
     assert reference.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[

@@ -7,9 +7,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from itvsam.cli import app
+from itvsam.common import EXIT_USAGE
+from itvsam.demo import DEMO_SEED, PHANTOM_MODEL_DIR, training_seeds
 from model.recipes import PHANTOM_LABEL
-from service.cli import EXIT_USAGE, app
-from workers.demo import DEMO_SEED, PHANTOM_MODEL_DIR, training_seeds
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()

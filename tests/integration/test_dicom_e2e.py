@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from service.broker import celery_queue
-from service.jobstore import JobStore
-from service.manifest import DeliveryState, JobState
+from jobs.manifest import DeliveryState, JobState
+from jobs.queue import celery_queue
+from jobs.store import JobStore
 from tests.conftest import dciodvfy_errors, require_tool
 from tests.support.dicom import DCMTK_ENV, PlanningSystem, dcmtk, listener_settings, running_listener, storescu
 from tests.support.service import (

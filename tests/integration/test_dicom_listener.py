@@ -20,13 +20,14 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from typer.testing import CliRunner
 
 from dicomrt.phantom import Compression, PhantomConfig, VendorStyle, generate_phantom, write_phantom
+from itvsam.cli import app
+from itvsam.common import EXIT_REFUSED, EXIT_SERVICE
+from jobs.manifest import DeliveryState, InputInfo, JobState, Manifest, new_job_id
+from jobs.store import JobStore
 from service.api.app import create_app
-from service.cli import EXIT_REFUSED, EXIT_SERVICE, app
 from service.dicom.delivery import DeliveryLoop, plan_deliveries
 from service.dicom.peers import Destination
-from service.jobstore import JobStore
-from service.manifest import DeliveryState, InputInfo, JobState, Manifest, new_job_id
-from service.settings import get_settings
+from service.settings import get_listener_settings
 from tests.support.dicom import (
     SENDER,
     PlanningSystem,
@@ -289,13 +290,13 @@ def cli_env(monkeypatch, tmp_path):
     def configure(**values: str) -> None:
         for name, value in values.items():
             monkeypatch.setenv(f"ITVSAM_{name.upper()}", value)
-        get_settings.cache_clear()
+        get_listener_settings.cache_clear()
 
     monkeypatch.setenv("ITVSAM_STORE_DIR", str(tmp_path / "store"))
     monkeypatch.setenv("ITVSAM_MIN_FREE_BYTES", "0")
     monkeypatch.setenv("ITVSAM_MIN_FREE_FRACTION", "0")
     yield configure
-    get_settings.cache_clear()
+    get_listener_settings.cache_clear()
 
 
 def test_itvsam_echo_a_destination(cli_env, tmp_path):

@@ -12,7 +12,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from service.cli import EXIT_REFUSED, EXIT_SERVICE, app
+from itvsam.cli import app
+from itvsam.common import EXIT_REFUSED, EXIT_SERVICE
 from tests.conftest import dciodvfy_errors, require_tool
 from tests.support.service import (
     API_KEY,

@@ -8,8 +8,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from itvsam.cli import app
+from itvsam.common import EXIT_REFUSED, EXIT_USAGE
 from model.sam3 import adapter_sha256
-from service.cli import EXIT_REFUSED, EXIT_USAGE, app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 runner = CliRunner()

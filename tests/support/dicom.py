@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from service.dicom.scp import Listener, start_listener
-from service.settings import Settings
+from service.settings import ListenerSettings
 from tests.conftest import require_tool
 from tests.support.service import Proc, free_port, wait_for
 
@@ -52,7 +52,7 @@ def storescu(port: int, *paths: Path, aet: str = SENDER, aec: str = "ITVSAM", co
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=DCMTK_ENV, check=False)
 
 
-def listener_settings(root: Path, **changes: Any) -> Settings:
+def listener_settings(root: Path, **changes: Any) -> ListenerSettings:
     """Settings of an in-process listener for the tests: a free port, short settle and idle times, fast retries."""
     values: dict[str, Any] = {
         "store_dir": root / "store", "scp_host": "127.0.0.1", "scp_port": 0, "scp_peers": f"{SENDER}@127.0.0.1",
@@ -61,7 +61,7 @@ def listener_settings(root: Path, **changes: Any) -> Settings:
         "scp_dimse_timeout_s": 30, "scp_network_timeout_s": 30,
     }
     values.update(changes)
-    return Settings(**values)
+    return ListenerSettings(**values)
 
 
 class RecordingQueue:
@@ -76,7 +76,7 @@ class RecordingQueue:
 
 
 @contextlib.contextmanager
-def running_listener(settings: Settings, queue: Any) -> Iterator[Listener]:
+def running_listener(settings: ListenerSettings, queue: Any) -> Iterator[Listener]:
     listener = start_listener(settings, queue, tick_s=0.1)
     try:
         yield listener

@@ -229,7 +229,7 @@ def service_env(store: Path, redis_url: str, model_dir: Path | None, **extra: st
 
 
 def itvsam_argv(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from service.cli import app; app()", *args]
+    return [sys.executable, "-c", "from itvsam.cli import app; app()", *args]
 
 
 def start_gateway(env: dict[str, str], port: int, log: Path) -> Proc:

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from jobs.queue import JobQueue
+from jobs.store import JobStore
 from service.api.deps import JobStoreDep, QueueDep, SettingsDep, require_api_key_unless_open
-from service.broker import JobQueue
-from service.jobstore import JobStore
-from service.settings import Settings
+from service.settings import GatewaySettings
 
 router = APIRouter(tags=["health"], dependencies=[Depends(require_api_key_unless_open)])
 
@@ -22,7 +22,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def readiness(settings: Settings, store: JobStore, queue: JobQueue) -> tuple[bool, dict[str, Any]]:
+def readiness(settings: GatewaySettings, store: JobStore, queue: JobQueue) -> tuple[bool, dict[str, Any]]:
     """Each check with its own verdict: Redis answers, at least one worker holds its model, the store is writable and
     above its disk watermark."""
     checks: dict[str, Any] = {}

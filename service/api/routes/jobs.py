@@ -6,9 +6,9 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import redis
 from fastapi import APIRouter, Query, Request, Response
@@ -16,17 +16,18 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from dicomrt.errors import StudyError
+from jobs.manifest import JobState, Manifest
+from jobs.store import JobNotFoundError, JobStore
 from service.api.deps import ApiKeyDep, JobStoreDep, MetricsDep, QueueDep, SettingsDep
 from service.api.errors import ApiError
 from service.api.intake import accept_study, check_disk, parse_options
 from service.api.schemas import ERRORS, ErrorBody, JobCreated, JobList, JobPublic
 from service.api.telemetry import GatewayMetrics
-from service.jobstore import JobNotFoundError, JobStore
-from service.manifest import JobState, Manifest
 from service.uploads import ReceivedStudy, UploadLimits, check_declared_length, receive_multipart, receive_zip
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERRORS)
 
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed")
@@ -55,7 +56,8 @@ def job_url(request: Request, job_id: str) -> str:
                400: {"model": ErrorBody, "description": "Malformed upload, unsafe zip path."},
                413: {"model": ErrorBody, "description": "Upload, study, file count or zip ratio over a limit."},
                415: {"model": ErrorBody, "description": "Neither a zip nor multipart/form-data."},
-               422: {"model": ErrorBody, "description": "The study is refused by the reader (the message says why)."},
+               422: {"model": ErrorBody, "description": "The study is refused by the reader, or an option is invalid "
+                                                        "(the message says why and names the field)."},
                507: {"model": ErrorBody, "description": "The job store is below its disk watermark."}})
 async def create_job(
     request: Request, settings: SettingsDep, store: JobStoreDep, queue: QueueDep, metrics: MetricsDep, _: ApiKeyDep,
@@ -72,18 +74,19 @@ async def create_job(
     media = content_type.split(";")[0].strip().lower()
     with store.staging_dir() as folder:
         if media in ZIP_TYPES:
+            job_options = _refusing(parse_options, options, settings, metrics=metrics)  # before the body is read
             received, source = await _counted(receive_zip(request.stream(), folder, limits), metrics), "zip"
         elif media == "multipart/form-data":
             received = await _counted(receive_multipart(request.stream(), content_type, folder, limits), metrics)
             source = "multipart"
-            options = received.fields.get("options", options)
+            job_options = _refusing(parse_options, received.fields.get("options", options), settings,
+                                    metrics=metrics)
         else:
             metrics.uploads.labels("refused").inc()
             raise ApiError(415, "unsupported_media_type",
                            f"send a zip (application/zip) or multipart/form-data, got {media or 'no content type'!r}")
         try:
-            manifest, created = await accept_study(received, source, parse_options(options, settings), force,
-                                                   store, queue)
+            manifest, created = await accept_study(received, source, job_options, force, store, queue)
         except StudyError as exc:
             metrics.uploads.labels("refused").inc()
             raise ApiError(422, exc.code, str(exc)) from None
@@ -91,6 +94,15 @@ async def create_job(
     url = job_url(request, manifest.id)
     body = JobCreated(id=manifest.id, url=url, state=manifest.state.value, created=created)
     return JSONResponse(body.model_dump(), status_code=202 if created else 200, headers={"Location": url})
+
+
+def _refusing(parse: Callable[..., T], *args: Any, metrics: GatewayMetrics) -> T:
+    """``parse(*args)``, counting a refusal in the upload metrics."""
+    try:
+        return parse(*args)
+    except ApiError:
+        metrics.uploads.labels("refused").inc()
+        raise
 
 
 async def _counted(receiving: Awaitable[ReceivedStudy], metrics: GatewayMetrics) -> ReceivedStudy:

@@ -15,7 +15,7 @@ from dicomrt.provenance import Provenance
 from dicomrt.rt_errors import GridMismatchError, MaskShapeError, RTError, TemplateError
 from dicomrt.rt_outputs import check_masks, write_rtstructs
 from dicomrt.rtstruct import RoiMask, RTStructureSet
-from dicomrt.rtstruct_read import ImageSeries, match_series, rasterise_roi, read_rtstruct
+from dicomrt.rtstruct_read import match_series, rasterise_roi, read_rtstruct
 from dicomrt.structures import COLOURS, RoiType, thoracic_template
 from tests.support.fake_study import fake_4d_index
 from tests.support.nrrd import dice
@@ -182,7 +182,7 @@ def test_per_phase_objects_round_trip_on_their_series(index4d, tumour, tmp_path)
     paths = write_rtstructs(index4d, {"GTV": tumour}, thoracic_template(), tmp_path, "per-phase", PROVENANCE)
     for k, path in enumerate(paths):
         content = read_rtstruct(path)
-        series, _ = match_series(content, [ImageSeries.from_series_info(p) for p in index4d.phases])
+        series, _ = match_series(content, index4d.phases)
         assert series.series_instance_uid == index4d.phases[k].series_instance_uid
         np.testing.assert_array_equal(rasterise_roi(content.roi("GTV"), series.geometry).mask, tumour[k])
 

@@ -3,18 +3,45 @@ broken ones with the reason."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from dicomrt.geometry import Geometry, slice_normal
+from dicomrt.instances import InstanceHeader, read_header
+from dicomrt.phases import SeriesKind
+from dicomrt.reader import scan_study
 from dicomrt.rt_errors import ReferenceMismatchError, RTError
-from dicomrt.rtstruct_read import match_series, rasterise_roi, read_ct_series, read_rtstruct
+from dicomrt.rtstruct_read import match_series, rasterise_roi, read_rtstruct
+from dicomrt.study import SeriesInfo
 
 
 @pytest.fixture(scope="module")
 def mock(shared_data):
     folder = shared_data / "rtutils_mock"
-    return folder, read_ct_series([folder / "ct_1.dcm", folder / "ct_2.dcm"])
+    return folder, scan_study([folder / "ct_1.dcm", folder / "ct_2.dcm"]).phases
+
+
+def one_slice_series(path: Path) -> SeriesInfo:
+    """The one CT image of a partial export as a series of one slice, SliceThickness thick (the study reader needs
+    at least two slices to make a volume)."""
+    header = read_header(path)
+    assert isinstance(header, InstanceHeader)
+    thickness = float(pydicom.dcmread(path, stop_before_pixels=True).SliceThickness)
+    iop = np.asarray(header.orientation, dtype=np.float64)
+    normal = slice_normal(header.orientation)
+    affine = np.eye(4)
+    affine[:3, 0] = normal * np.sign(normal[2]) * thickness
+    affine[:3, 1] = iop[3:] * header.pixel_spacing[0]
+    affine[:3, 2] = iop[:3] * header.pixel_spacing[1]
+    affine[:3, 3] = header.position
+    geometry = Geometry(affine, (1, header.rows, header.columns), header.frame_of_reference_uid,
+                        (header.sop_instance_uid,))
+    return SeriesInfo(header.series_instance_uid, header.series_number, header.series_description, SeriesKind.CT,
+                      None, "one image", geometry, (header,))
 
 
 def test_dicompyler_planning_system_file(shared_data):
@@ -26,7 +53,7 @@ def test_dicompyler_planning_system_file(shared_data):
     assert (body.colour, body.interpreted_type, len(body.contours)) == ((154, 155, 100), "EXTERNAL", 141)
     assert (heart.colour, heart.interpreted_type, len(heart.contours)) == ((255, 128, 0), "ORGAN", 33)
     assert len(lung.contours) == 165 and len(content.roi("Areola").contours) == 0
-    (ct,) = read_ct_series(folder)  # only one of its 98 CT slices is in the data set
+    ct = one_slice_series(folder / "ct.0.dcm")  # only one of its 98 CT slices is in the data set
     assert ct.geometry.shape == (1, 512, 512)
     with pytest.raises(ReferenceMismatchError, match="137 of its 141 contours reference images that are not in"):
         match_series(content, [ct])

@@ -31,7 +31,7 @@ class _Stub:
     def __init__(self, volumes: list[np.ndarray]) -> None:
         self.volumes = list(volumes)
 
-    def predict(self, volume_hu, structures):
+    def predict(self, volume_hu, structures, progress=None):
         return {"GTV": _Prediction(self.volumes.pop(0))}
 
 

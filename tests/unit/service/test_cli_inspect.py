@@ -2,7 +2,8 @@ import json
 
 from typer.testing import CliRunner
 
-from service.cli import EXIT_PATH, EXIT_REFUSED, app
+from itvsam.cli import app
+from itvsam.common import EXIT_PATH, EXIT_REFUSED
 
 runner = CliRunner()
 

@@ -1,6 +1,6 @@
 from typer.testing import CliRunner
 
-from service.cli import app
+from itvsam.cli import app
 
 
 def test_missing_template_is_a_usage_error_before_anything_is_written(tmp_path):

@@ -14,40 +14,40 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomrt.errors import IncompleteStudyError
+from jobs.manifest import InputInfo, Manifest, new_job_id
+from jobs.store import JobStore
 from service.dicom.collector import OUT_OF_RESOURCES, CollectorConfig, InstanceRefused, StudyCollector
 from service.dicom.delivery import backoff_s, chosen_files, plan_deliveries
 from service.dicom.peers import Destination, allowed, find_destination
-from service.jobstore import JobStore
-from service.manifest import InputInfo, Manifest, new_job_id
-from service.settings import Settings
+from service.settings import ListenerSettings
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def test_peers_both_ae_title_and_address_must_match():
-    settings = Settings(scp_peers="SCANNER@10.0.0.5, PACS@192.168.1.0/24")
+    settings = ListenerSettings(scp_peers="SCANNER@10.0.0.5, PACS@192.168.1.0/24")
     peers = settings.scp_peers
     assert allowed(peers, "SCANNER", "10.0.0.5") and allowed(peers, "PACS  ", "192.168.1.77")
     assert allowed(peers, "SCANNER", "::ffff:10.0.0.5")  # IPv4 mapped into IPv6
     assert not allowed(peers, "SCANNER", "10.0.0.6") and not allowed(peers, "PACS", "10.0.0.5")
     assert not allowed(peers, "OTHER", "10.0.0.5") and not allowed((), "SCANNER", "10.0.0.5")
-    json_form = Settings(scp_peers='[{"ae_title": "SCANNER", "host": "10.0.0.5"}]').scp_peers
+    json_form = ListenerSettings(scp_peers='[{"ae_title": "SCANNER", "host": "10.0.0.5"}]').scp_peers
     assert json_form == peers[:1]
 
 
 def test_peer_settings_are_checked():
     with pytest.raises(ValidationError, match="AE_TITLE@HOST"):
-        Settings(scp_peers="SCANNER")
+        ListenerSettings(scp_peers="SCANNER")
     with pytest.raises(ValidationError, match="IP address or a CIDR network, got 'scanner.example'"):
-        Settings(scp_peers="SCANNER@scanner.example")
+        ListenerSettings(scp_peers="SCANNER@scanner.example")
     with pytest.raises(ValidationError, match="1-16 printable ASCII"):
-        Settings(scp_ae_title="A_TITLE_FAR_TOO_LONG")
+        ListenerSettings(scp_ae_title="A_TITLE_FAR_TOO_LONG")
     with pytest.raises(ValidationError, match="both scp_tls_cert and scp_tls_key"):
-        Settings(scp_tls_cert="cert.pem")
+        ListenerSettings(scp_tls_cert="cert.pem")
 
 
 def test_destinations_serve_their_calling_ae_titles_or_every_dicom_job():
-    settings = Settings(destinations='[{"name": "all", "ae_title": "TPS", "host": "10.0.0.9", "port": 104}, '
+    settings = ListenerSettings(destinations='[{"name": "all", "ae_title": "TPS", "host": "10.0.0.9", "port": 104}, '
                                      '{"name": "ct1", "ae_title": "TPS2", "host": "10.0.0.9", "port": 105, '
                                      '"calling_aets": ["CT1"], "outputs": ["reference", "phases", "seg"]}]')
     assert [d.destination for d in plan_deliveries(settings.destinations, "CT1")] == ["all", "ct1"]
@@ -60,12 +60,12 @@ def test_destinations_serve_their_calling_ae_titles_or_every_dicom_job():
     with pytest.raises(ValueError, match=r"configured name \(all, ct1\) or AE@HOST:PORT, got 'nowhere'"):
         find_destination(settings.destinations, "nowhere")
     with pytest.raises(ValidationError, match="destination names must be unique"):
-        Settings(destinations='[{"name": "a", "ae_title": "T", "host": "h", "port": 1}, '
+        ListenerSettings(destinations='[{"name": "a", "ae_title": "T", "host": "h", "port": 1}, '
                                '{"name": "a", "ae_title": "T", "host": "h", "port": 2}]')
 
 
 def test_backoff_doubles_up_to_its_cap():
-    settings = Settings(delivery_backoff_s=5, delivery_max_backoff_s=30)
+    settings = ListenerSettings(delivery_backoff_s=5, delivery_max_backoff_s=30)
     assert [backoff_s(n, settings) for n in range(1, 6)] == [5, 10, 20, 30, 30]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import yaml
 
@@ -41,3 +42,27 @@ def test_compose_keeps_the_deployment_rules():
         assert "USER itvsam" in text and "HEALTHCHECK" in text
     gateway = (REPO / "docker" / "gateway.Dockerfile").read_text()
     assert "FROM python:3.11-slim" in gateway and "nvidia" not in gateway and ".[engine" not in gateway
+
+
+def _copied(dockerfile: str) -> set[str]:
+    text = (REPO / "docker" / f"{dockerfile}.Dockerfile").read_text()
+    return {line.split()[1] for line in text.splitlines() if line.startswith("COPY ") and "/" not in line.split()[1]}
+
+
+def test_each_image_copies_only_its_packages_and_runs_without_the_others():
+    assert _copied("gateway") == {"pyproject.toml", "dicomrt", "jobs", "service", "itvsam"}
+    assert _copied("worker") == {"pyproject.toml", "dicomrt", "jobs", "model", "workers", "itvsam"}
+    # what the images run, with the packages they lack made unimportable (as in the image)
+    for missing, code in ((("model", "workers", "torch", "transformers", "peft"),
+                           "from service.api.app import create_app; from itvsam.cli import app; "
+                           "app(['serve', '--help'], standalone_mode=False)"),
+                          (("service", "fastapi", "uvicorn"),
+                           "import workers.tasks, workers.pipeline; from itvsam.cli import app; "
+                           "app(['worker', '--help'], standalone_mode=False)")):
+        block = (f"import sys, importlib.abc\nclass Block(importlib.abc.MetaPathFinder):\n"
+                 f"    def find_spec(self, name, path=None, target=None):\n"
+                 f"        if name.split('.')[0] in {missing!r}: raise ImportError('not in this image: ' + name)\n"
+                 f"sys.meta_path.insert(0, Block())\n{code}\n")
+        result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, cwd=REPO, timeout=120,
+                                check=False)
+        assert result.returncode == 0, result.stderr[-2000:]

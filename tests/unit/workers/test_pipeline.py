@@ -1,57 +1,113 @@
+"""``run_job`` with a stub predictor whose probabilities are built from a phantom's truth: the calibrated thresholds
+are the ones used, each flag appears when its condition is built in, the ITV and the expanded ITV are in the
+reference RTSTRUCT, and the expansion is the one computed by hand (a k-d tree over voxel centres in patient mm)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 
-from dicomrt.rt_outputs import OutputMode
+from dicomrt.phantom import PhantomConfig, generate_phantom, write_phantom
+from dicomrt.reader import scan_study
+from dicomrt.rtstruct_read import rasterise_roi, read_rtstruct
 from dicomrt.structures import thoracic_template
-from model.refine import TemporalSettings
-from workers.pipeline import JobOptions
+from jobs.options import JobOptions
+from model.identity import ModelIdentity
+from workers.pipeline import Engine, run_job
+
+GTV, LUNG_L, _, HEART = thoracic_template()
+CALIBRATED = {"GTV": 0.5, "Lung_L": 0.4, "Heart": 0.6}
+DROPPED_PHASE, TRANSIENT_PHASE = 3, 6
 
 
-def test_job_options_round_trip_through_json():
-    options = JobOptions(template=thoracic_template()[:2], mode=OutputMode.REFERENCE, seg=False, study="abc",
-                         temporal=TemporalSettings(min_phases=4))
-    again = JobOptions.from_json(options.to_json())
-    assert again == options
+class TruthPredictor:
+    """Probabilities from the phantom's truth, phase by phase (the pipeline predicts the phases in order): the GTV
+    at 0.9 except in one dropped phase, plus a small persistent blob (a second object) and a one-phase blob (a
+    transient); Lung_L at 0.45 (kept only at its calibrated 0.4); the heart at 0.55 (below its calibrated 0.6)."""
+
+    def __init__(self, truth: dict[str, np.ndarray]) -> None:
+        self.truth = truth
+        self.calls = 0
+
+    def predict(self, volume_hu, prompts, progress=None):
+        k = self.calls
+        self.calls += 1
+        gtv = np.where(self.truth["GTV"][k], 0.9, 0.0).astype(np.float32)
+        if k == DROPPED_PHASE:
+            gtv[:] = 0.0
+        gtv[4:7, 10:13, 10:13] = 0.9  # persistent, far from the tumour: a second object in every phase
+        if k == TRANSIENT_PHASE:
+            gtv[30:33, 110:113, 110:113] = 0.9
+        probabilities = {"GTV": gtv, "Lung_L": np.where(self.truth["Lung_L"][k], 0.45, 0.0),
+                         "Heart": np.where(self.truth["Heart"][k], 0.55, 0.0)}
+        if progress is not None:
+            progress(volume_hu.shape[0], volume_hu.shape[0])
+        return {name: SimpleNamespace(probability=probabilities[name]) for name in prompts}
 
 
-def test_unknown_job_option_is_refused():
-    with pytest.raises(ValueError, match=r"unknown job option\(s\) \['colour'\]"):
-        JobOptions.from_json({"colour": "red"})
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    phantom = generate_phantom(PhantomConfig(seed=3))
+    files = write_phantom(phantom, root / "study", vendor="desc-t")
+    identity = ModelIdentity("0" * 64, "1" * 64, label="PHANTOM MODEL: test stub", thresholds=CALIBRATED)
+    options = JobOptions(template=(GTV, LUNG_L, HEART), mode="reference", seg=False, projections=False,
+                         itv_margin_mm=5.0)
+    result = run_job(files.dicom_dir, root / "out", Engine(TruthPredictor(phantom.truth), identity), options)
+    return phantom, files, result, root / "out"
 
 
-def test_flags_name_empty_filled_and_removed():
-    from workers.pipeline import _flags
+def test_the_calibrated_thresholds_are_the_ones_used(job):
+    _, _, result, out = job
+    assert {r.spec.name: r.threshold for r in result.structures} == CALIBRATED
+    assert result.structure("Lung_L").motion.volumes_ml.min() > 0  # 0.45 ≥ 0.4: kept (at 0.5 it would be empty)
+    assert not result.structure("Heart").refined.any()  # 0.55 < 0.6
+    summary = json.loads((out / "summary.json").read_text())
+    assert {name: s["threshold"] for name, s in summary["structures"].items()} == CALIBRATED
+    assert summary == json.loads(json.dumps(result.summary()))  # one summary, written as returned
 
-    structures = {"GTV": {"phases": ["0%", "50%", "90%"], "volumes_ml": [3.1, 0.0, 2.9],
-                          "refinement": {"filled_phases": [2], "removed_temporal": [0, 2, 1],
-                                         "removed_extra": [1, 0, 2]}},
-                  "Heart": {"phases": ["0%", "50%", "90%"], "volumes_ml": [600.0, 610.0, 605.0],
-                            "refinement": {"filled_phases": [], "removed_temporal": [0, 0, 0],
-                                           "removed_extra": [3, 0, 0]}}}
-    template = (thoracic_template()[0], thoracic_template()[3])
-    assert _flags(structures, template) == [
-        "GTV: empty in 1 of 3 phase(s) (50%)",
-        "GTV: missing in phase(s) 90%, filled by interpolation between neighbouring phases",
-        "GTV: 3 component(s) present in too few phases removed",
-        "GTV: 3 smaller component(s) in 2 phase(s) removed beyond the template's 1 object(s): check for another "
+
+def test_each_flag_appears_when_its_condition_is_built_in(job):
+    _, _, result, out = job
+    phases = ", ".join(f"{10 * k}%" for k in range(10))
+    assert result.flags() == [
+        f"GTV: missing in phase(s) {10 * DROPPED_PHASE}%, filled by interpolation between neighbouring phases",
+        "GTV: 1 component(s) present in too few phases removed",
+        "GTV: 10 smaller component(s) in 10 phase(s) removed beyond the template's 1 object(s): check for another "
         "lesion",
+        f"Heart: empty in 10 of 10 phase(s) ({phases})",
     ]
+    assert json.loads((out / "summary.json").read_text())["flags"] == result.flags()
+    report = result.structure("GTV").masks.report
+    assert report.filled_phases == (DROPPED_PHASE,) and report.removed_temporal[TRANSIENT_PHASE] == 1
 
 
-def test_model_text_carries_the_phantom_label_within_a_dicom_lo():
-    from workers.pipeline import _model_text
+def test_the_reference_rtstruct_holds_the_itv_and_its_hand_computed_expansion(job):
+    _, files, result, out = job
+    gtv = result.structure("GTV")
+    assert np.array_equal(gtv.itv, gtv.refined.any(axis=0))
+    assert not gtv.refined[:, 4:7, 10:13, 10:13].any()  # the second object is gone from every phase
+    content = read_rtstruct(out / "RS_reference.dcm")
+    assert content.names[:2] == ["ITV", "ITV+5mm"]
+    assert [n for n in content.names if n.startswith("GTV_T")] == [f"GTV_T{10 * k:02d}" for k in range(10)]
+    geometry = scan_study(files.dicom_dir).reference.geometry
+    itv = rasterise_roi(content.roi("ITV"), geometry).mask
+    expanded = rasterise_roi(content.roi("ITV+5mm"), geometry).mask
+    assert np.array_equal(itv, gtv.itv)
 
-    text = _model_text({"short": "97b36ccc786c", "label": "PHANTOM MODEL: for trying the workflow, NOT for patients"})
-    assert text == "itvsam SAM3 97b36ccc786c PHANTOM MODEL"
-    assert _model_text({"short": "0123456789ab", "label": None}) == "itvsam SAM3 0123456789ab"
-    assert len(_model_text({"short": "0" * 12, "label": "X" * 200})) == 64
-
-
-def test_thresholds_are_the_jobs_or_the_models_calibrated_ones() -> None:
-    options = JobOptions(template=thoracic_template())
-    assert options.threshold is None
-    assert options.thresholds({"GTV": 0.4, "Heart": 0.6, "Other": 0.3}) == {
-        "GTV": 0.4, "Lung_L": 0.5, "Lung_R": 0.5, "Heart": 0.6}
-    assert set(JobOptions(threshold=0.55).thresholds({"GTV": 0.4}).values()) == {0.55}
-    assert JobOptions.from_json(JobOptions(threshold=0.55).to_json()).threshold == 0.55
-    with pytest.raises(ValueError, match="threshold must lie strictly between 0 and 1"):
-        JobOptions(threshold=1.0)
+    # by hand: every voxel whose centre lies within 5 mm of an ITV voxel centre, in patient coordinates
+    grid = np.indices(geometry.shape).reshape(3, -1).T
+    centres = geometry.index_to_patient(grid.astype(float))
+    distance, _ = cKDTree(geometry.index_to_patient(np.argwhere(gtv.itv).astype(float))).query(centres)
+    by_hand = (distance <= 5.0 + 1e-6).reshape(geometry.shape)
+    assert np.array_equal(expanded, by_hand)
+    assert np.array_equal(gtv.itv_expanded, by_hand)
+    assert by_hand.sum() > 1.5 * gtv.itv.sum() and not (gtv.itv & ~by_hand).any()  # grows, contains the ITV
+    voxel_ml = geometry.voxel_volume_ml
+    itv_summary = result.summary()["structures"]["GTV"]["itv"]
+    assert itv_summary["expanded"] == {"name": "ITV+5mm", "margin_mm": 5.0,
+                                       "volume_ml": round(float(by_hand.sum()) * voxel_ml, 4)}

@@ -22,6 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from dicomrt.layout import OutputLayout
+from dicomrt.phantom import PhantomConfig, generate_phantom, write_phantom
+from dicomrt.reader import scan_study
+from dicomrt.rtstruct_read import match_series, rasterise_roi, read_rtstruct
+from model.metrics import dice, hd95
+from workers.results import JobResult
+
 PHANTOM_MODEL_DIR = Path(__file__).resolve().parents[1] / "model" / "phantom_model"
 DEMO_SEED = 7
 DEMO_ARTIFACTS = ("sorting", "duplicate")
@@ -30,13 +37,13 @@ DEMO_ARTIFACTS = ("sorting", "duplicate")
 @dataclass(frozen=True)
 class DemoResult:
     """``structures``: name → {dice, hd95_mm} (means over phases; ``ITV`` for the union of the GTV over phases);
-    ``per_phase``: name → per-phase Dice; ``summary``: the job's summary; ``seconds``: wall time of the whole demo."""
+    ``per_phase``: name → per-phase Dice; ``job``: the job's result; ``seconds``: wall time of the whole demo."""
 
     seed: int
     out_dir: Path
     structures: dict[str, dict[str, float]]
     per_phase: dict[str, list[float]] = field(repr=False)
-    summary: dict[str, Any] = field(repr=False)
+    job: JobResult = field(repr=False)
     seconds: float = 0.0
 
 
@@ -59,11 +66,7 @@ def run_demo(out_dir: Path, *, seed: int = DEMO_SEED, model_dir: Path = PHANTOM_
              progress: Callable[[Any], None] | None = None) -> DemoResult:
     """Run the demo into ``out_dir`` (new or empty): ``study/`` (the phantom's DICOM and truth), ``result/`` (the job's
     outputs) and ``demo_metrics.json``. Refuses a seed the model was trained or validated on."""
-    from dicomrt.phantom import PhantomConfig, generate_phantom, write_phantom
-    from dicomrt.reader import scan_study
-    from dicomrt.rtstruct_read import match_series, rasterise_roi, read_rtstruct
-    from model.metrics import dice, hd95
-    from workers.pipeline import load_engine, run_job
+    from workers.pipeline import load_engine, run_job  # torch
 
     start = time.perf_counter()
     used = training_seeds(model_dir)
@@ -76,13 +79,14 @@ def run_demo(out_dir: Path, *, seed: int = DEMO_SEED, model_dir: Path = PHANTOM_
     phantom = generate_phantom(PhantomConfig(seed=seed, artifacts=DEMO_ARTIFACTS))
     files = write_phantom(phantom, out_dir / "study", vendor="desc-t", aip=True)
     engine = load_engine(Path(model_dir))
-    summary = run_job(files.dicom_dir, out_dir / "result", engine, progress=progress)
+    job = run_job(files.dicom_dir, out_dir / "result", engine, progress=progress)
+    result = OutputLayout(out_dir / "result")
 
     index = scan_study(files.dicom_dir)
     spacing = tuple(float(s) for s in phantom.geometry.spacing_mm)
     per_phase: dict[str, list[float]] = {name: [] for name in phantom.truth}
     distances: dict[str, list[float]] = {name: [] for name in phantom.truth}
-    for path in sorted((out_dir / "result").glob("RS_phase*.dcm")):
+    for path in result.phase_rtstructs():
         content = read_rtstruct(path)
         series, _ = match_series(content, index.phases)
         k = next(i for i, p in enumerate(index.phases) if p.series_instance_uid == series.series_instance_uid)
@@ -90,15 +94,16 @@ def run_demo(out_dir: Path, *, seed: int = DEMO_SEED, model_dir: Path = PHANTOM_
             predicted = rasterise_roi(content.roi(name), series.geometry).mask
             per_phase[name].append(dice(predicted, phantom.truth[name][k]))
             distances[name].append(hd95(predicted, phantom.truth[name][k], spacing))
-    reference = read_rtstruct(out_dir / "result" / "RS_reference.dcm")
+    reference = read_rtstruct(result.reference_rtstruct)
     itv = rasterise_roi(reference.roi("ITV"), index.phases[0].geometry).mask
     structures = {name: {"dice": float(np.mean(values)), "hd95_mm": _finite_mean(distances[name])}
                   for name, values in per_phase.items()}
     structures["ITV"] = {"dice": dice(itv, phantom.itv), "hd95_mm": hd95(itv, phantom.itv, spacing)}
     seconds = time.perf_counter() - start
-    record = {"seed": seed, "artifacts": list(DEMO_ARTIFACTS), "model": summary["model"], "structures": structures,
-              "per_phase_dice": per_phase, "seconds": round(seconds, 1), "timings": summary["timings"],
+    record = {"seed": seed, "artifacts": list(DEMO_ARTIFACTS), "model": job.identity.to_dict(),
+              "structures": structures, "per_phase_dice": per_phase, "seconds": round(seconds, 1),
+              "timings": {k: round(v, 3) for k, v in job.timings.items()},
               "statement": "phantom model on a synthetic phantom: for trying and commissioning the workflow, "
                            "not for patients"}
     (out_dir / "demo_metrics.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    return DemoResult(seed, out_dir, structures, per_phase, summary, seconds)
+    return DemoResult(seed, out_dir, structures, per_phase, job, seconds)

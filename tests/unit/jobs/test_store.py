@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from service.jobstore import JobNotFoundError, JobStore, write_atomically
-from service.manifest import InputInfo, JobState, Manifest, new_job_id
+from jobs.manifest import InputInfo, JobState, Manifest, new_job_id
+from jobs.store import JobNotFoundError, JobStore, write_atomically
 
 
 def make_job(store: JobStore, key: str = "a" * 64, force: bool = False) -> tuple[Manifest, bool]:

@@ -1,4 +1,5 @@
-"""What gateway and workers keep in Redis besides Celery's queue: worker heartbeats and "job is in the queue" markers.
+"""The queue: Celery's configuration and task name, and what gateway and workers keep in Redis besides Celery's
+queue (worker heartbeats and "job is in the queue" markers).
 
 Redis is only the queue: everything here can be lost (a Redis restart without persistence) and is rebuilt. A job's
 marker lives in the same Redis as its message, so both survive or both vanish; ``requeue_lost`` (run periodically
@@ -17,10 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from celery import Celery
 
-from service.jobstore import JobStore
-from service.manifest import JobState
-from service.settings import Settings
+from jobs.manifest import JobState
+from jobs.settings import CommonSettings
+from jobs.store import JobStore
 
 logger = logging.getLogger(__name__)
 
@@ -121,9 +123,44 @@ class JobQueue:
         return sent
 
 
-def celery_queue(settings: Settings) -> JobQueue:
-    """The queue of the gateway, the listener and ``itvsam submit-dir``: Celery on Redis, by task name."""
-    from workers.celery_app import job_sender  # Celery only: no task code is imported
+def celery_config(settings: CommonSettings) -> dict[str, Any]:
+    """Celery's settings for the itvsam queue, shared by senders and workers: late acks, one message at a time,
+    redelivery after a lost worker (the worker adds its time limits, ``workers.celery_app``)."""
+    return {
+        "broker_url": settings.redis_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            # A message not acknowledged for this long (its worker died) goes back to the queue: above the longest job.
+            "visibility_timeout": settings.visibility_timeout_s,
+            "unacked_restore_interval": settings.unacked_restore_interval_s,
+            "unacked_restore_throttle": 1,
+            "socket_timeout": 30,
+            "socket_connect_timeout": 10,
+        },
+        "task_default_queue": settings.queue,
+        "task_routes": {TASK_NAME: {"queue": settings.queue}},
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,  # the job's manifest is its result
+        "result_backend": None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_concurrency": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "worker_hijack_root_logger": False,
+    }
+
+
+def celery_queue(settings: CommonSettings) -> JobQueue:
+    """The queue of the gateway, the listener and ``itvsam submit-dir``: Celery on Redis, jobs sent by task name (no
+    task code is imported)."""
+    app = Celery("itvsam")
+    app.conf.update(celery_config(settings))
+
+    def send(job_id: str) -> None:
+        app.send_task(TASK_NAME, args=[job_id], queue=settings.queue)
 
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-    return JobQueue(client, job_sender(settings), settings.queue)
+    return JobQueue(client, send, settings.queue)

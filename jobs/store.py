@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.manifest import JOB_ID, JobState, Manifest
+from jobs.manifest import JOB_ID, JobState, Manifest
 
 MANIFEST = "manifest.json"
 

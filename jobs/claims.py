@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
-from service.jobstore import JobStore
-from service.manifest import JobError, JobProgress, JobState, Manifest
+from jobs.manifest import JobError, JobProgress, JobState, Manifest
+from jobs.store import JobStore
 
 
 class ClaimOutcome(StrEnum):

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from service.jobstore import JobStore
-from service.manifest import InputInfo, JobError, JobState, Manifest, new_job_id
-from workers.claims import ClaimOutcome, claim, finish, release_for_retry, renew
+from jobs.claims import ClaimOutcome, claim, finish, release_for_retry, renew
+from jobs.manifest import InputInfo, JobError, JobState, Manifest, new_job_id
+from jobs.store import JobStore
 
 
 @pytest.fixture

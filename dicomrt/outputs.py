@@ -1,0 +1,51 @@
+"""The writing stage, in one place for every driver (``workers.pipeline.run_job`` and ``itvsam contour``): the AIP/MIP
+the study lacks, the RTSTRUCTs, DICOM SEG per phase, into one output folder (``dicomrt.layout``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicomrt.derived import write_projections
+from dicomrt.layout import OutputLayout
+from dicomrt.phases import SeriesKind
+from dicomrt.provenance import Provenance
+from dicomrt.rt_outputs import Margin, OutputMode, StudyMasks, write_rtstructs
+from dicomrt.seg import write_segs
+from dicomrt.study import SeriesInfo, Study4D
+
+
+@dataclass(frozen=True)
+class WrittenOutputs:
+    """What ``write_outputs`` wrote: the RTSTRUCT and SEG files, the derived series, and the series the reference
+    RTSTRUCT is on."""
+
+    layout: OutputLayout
+    rtstructs: tuple[Path, ...]
+    segs: tuple[Path, ...]
+    derived: tuple[SeriesInfo, ...]
+    reference: SeriesInfo
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return self.rtstructs + self.segs
+
+
+def write_outputs(masks: StudyMasks, layout: OutputLayout, provenance: Provenance, *, mode: OutputMode,
+                  seg: bool, projections: Study4D | None, itv_margin_mm: Margin = 0.0) -> WrittenOutputs:
+    """Write the outputs of ``masks`` (checked by ``dicomrt.rt_outputs.check_masks``) into ``layout``.
+
+    ``projections``: the loaded study when the AIP/MIP it lacks are to be written (the reference RTSTRUCT then goes on
+    the written AIP), None to write none. ``mode``: which RTSTRUCTs; ``seg``: a SEG per phase too.
+    """
+    layout.root.mkdir(parents=True, exist_ok=True)
+    derived: Sequence[SeriesInfo] = ()
+    if projections is not None:
+        derived = write_projections(projections, layout.derived, provenance)
+    aip = next((s for s in derived if s.kind is SeriesKind.AVERAGE), None)
+    reference = aip or masks.index.reference
+    rtstructs = write_rtstructs(masks.index, masks, masks.specs, layout.root, mode, provenance, reference=reference,
+                                itv_margin_mm=itv_margin_mm)
+    segs = write_segs(masks, layout.root, provenance) if seg else []
+    return WrittenOutputs(layout, tuple(rtstructs), tuple(segs), tuple(derived), reference)
