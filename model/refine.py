@@ -5,14 +5,14 @@ grid (``Geometry``). Steps, in order (``refine_structure``):
 
 1. Threshold at ``RefineSettings.threshold``.
 2. Specks: 3D components (26-connected) smaller than ``ConnectivitySettings.min_volume_ml`` are dropped.
-3. Phase-coherent temporal filter (``TemporalSettings``). Every 3D component of every phase is a node. Two nodes in
-   phases p and q at cyclic phase distance d (1 ≤ d ≤ 1 + ``max_gap``) are linked when they overlap or come within
-   ``d · motion_tolerance_mm`` of each other (surface-to-surface, Euclidean in mm): the target may move by up to the
-   tolerance per phase step. A node's *support* is, over the linked group it belongs to, the number of phases in the
-   longest cyclically contiguous run of phases that contain the group, where runs may bridge up to ``max_gap``
-   phases without it (bridged phases are not counted). A node is kept when its support is at least ``min_phases``
-   (capped at the number of phases). Respiration is periodic and continuous, so anatomy forms such runs; sporadic
-   false positives (present in 1–2 phases, or jumping around) do not.
+3. Phase-coherent temporal filter (``TemporalSettings``, in ``dicomrt.structures``: a job option). Every 3D component
+   of every phase is a node. Two nodes in phases p and q at cyclic phase distance d (1 ≤ d ≤ 1 + ``max_gap``) are
+   linked when they overlap or come within ``d · motion_tolerance_mm`` of each other (surface-to-surface, Euclidean
+   in mm): the target may move by up to the tolerance per phase step. A node's *support* is, over the linked group it
+   belongs to, the number of phases in the longest cyclically contiguous run of phases that contain the group, where
+   runs may bridge up to ``max_gap`` phases without it (bridged phases are not counted). A node is kept when its
+   support is at least ``min_phases`` (capped at the number of phases). Respiration is periodic and continuous, so
+   anatomy forms such runs; sporadic false positives (present in 1–2 phases, or jumping around) do not.
 4. Dropout filling (``fill_gaps``): a phase that a kept group bridges (it holds the group in the phases before and after
    but not in that one) gets the motion-compensated shape interpolation of the two neighbours (``interpolate_shape``):
    both moved half-way towards each other, then the voxels where the mean of their signed distance maps is ≤ 0.
@@ -36,31 +36,9 @@ from scipy import ndimage
 from scipy.cluster.hierarchy import DisjointSet
 
 from dicomrt.geometry import Geometry
-from dicomrt.structures import StructureSpec
+from dicomrt.structures import StructureSpec, TemporalSettings
 
 CONNECTIVITY_26 = ndimage.generate_binary_structure(3, 3)
-
-
-@dataclass(frozen=True)
-class TemporalSettings:
-    """Phase-coherent temporal filter (see the module docstring, step 3–4).
-
-    ``min_phases``: support needed to keep a component (3 removes anything present in at most 2 neighbouring phases).
-    ``motion_tolerance_mm``: how far (mm, surface to surface) a component may move from one phase to the next and still
-    count as the same object. ``max_gap``: phases a run may bridge where the object is missing (dropouts).
-    ``cyclic``: phases wrap around (respiration); False for a non-periodic series. ``fill_gaps``: fill bridged phases
-    by shape interpolation.
-    """
-
-    min_phases: int = 3
-    motion_tolerance_mm: float = 5.0
-    max_gap: int = 1
-    cyclic: bool = True
-    fill_gaps: bool = True
-
-    def __post_init__(self) -> None:
-        if self.min_phases < 1 or self.max_gap < 0 or self.motion_tolerance_mm < 0:
-            raise ValueError(f"need min_phases ≥ 1, max_gap ≥ 0 and motion_tolerance_mm ≥ 0, got {self}")
 
 
 @dataclass(frozen=True)
@@ -82,7 +60,7 @@ class RefineSettings:
     """``threshold`` on the probability; ``temporal`` None skips the temporal filter (a 3D CT)."""
 
     threshold: float = 0.5
-    temporal: TemporalSettings | None = TemporalSettings()
+    temporal: TemporalSettings | None = field(default_factory=TemporalSettings)
     connectivity: ConnectivitySettings = ConnectivitySettings()
 
 
@@ -386,7 +364,7 @@ def _refine_box(raw: np.ndarray, geometry: Geometry, settings: RefineSettings) -
 
 
 def refine_from_spec(spec: StructureSpec, masks: np.ndarray, geometry: Geometry,
-                     temporal: TemporalSettings = TemporalSettings()) -> PhaseMasks:
+                     temporal: TemporalSettings) -> PhaseMasks:
     """Refine one structure's (phase, z, y, x) bool masks (already thresholded) as its template entry asks: specks
     below ``spec.min_volume_ml``, the temporal filter when there are several phases (a 4DCT), ``spec.components``
     objects. The one way every driver (pipeline, evaluation, ablation) refines."""

@@ -34,7 +34,7 @@ from dicomrt.study import Study4D
 from jobs.options import JobOptions
 from model.calibration import thresholds_for
 from model.identity import ModelIdentity
-from model.itv import motion
+from model.motion import motion
 from model.refine import refine_from_spec
 from model.segment import Predictor, predict_phases
 from workers.results import JobResult, StructureResult

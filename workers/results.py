@@ -15,7 +15,7 @@ from dicomrt.structures import StructureSpec
 from dicomrt.study import Study4D, index_summary
 from jobs.options import JobOptions
 from model.identity import ModelIdentity
-from model.itv import Motion
+from model.motion import Motion
 from model.refine import PhaseMasks
 
 

@@ -109,7 +109,7 @@ def test_tiny_sam3_in_bfloat16_agrees_with_float32(tiny_dir: Path) -> None:
         np.testing.assert_allclose(result[name].probability, reference[name].probability, atol=0.05)
 
 
-def test_refinement_itv_and_metrics_do_not_import_torch() -> None:
-    code = ("import sys, model.refine, model.itv, model.metrics; "
+def test_refinement_motion_metrics_and_typed_results_do_not_import_torch() -> None:
+    code = ("import sys, model.refine, model.motion, model.metrics, model.segment, model.identity, workers.results; "
             "sys.exit(1 if any(m == 'torch' or m.startswith(('torch.', 'transformers')) for m in sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -35,6 +35,7 @@ def test_affine_maps_index_to_patient_positions():
     assert geometry.spacing_mm == pytest.approx((2.5, 0.8, 0.9))
     assert geometry.orientation == pytest.approx(AXIAL)
     assert geometry.sop_instance_uids == ("1.2.3", "1.2.2", "1.2.1", "1.2.0")
+    assert geometry.voxel_volume_ml == pytest.approx(2.5 * 0.8 * 0.9 / 1000)
 
 
 def test_patient_to_index_inverts_the_affine():

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from dicomrt.geometry import Geometry
-from model.itv import build_itv, expand, margin_per_voxel_axis, motion
+from dicomrt.itv import build_itv, expand, margin_per_voxel_axis
+from model.motion import motion
 from tests.unit.model.conftest import ellipsoid, make_geometry, moving_tumour
 
 GEOMETRY = make_geometry((40, 40, 40), (2.5, 2.0, 2.0))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dicomrt.structures import TemporalSettings
 from model.metrics import dice
 from model.refine import (
     ConnectivitySettings,
     RefineSettings,
-    TemporalSettings,
     fill_holes,
     interpolate_shape,
     keep_largest,
