@@ -16,6 +16,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from dicomrt import layout
 from dicomrt.ct_series import write_ct_image
 from dicomrt.geometry import Geometry
 from dicomrt.identifiers import new_uid
@@ -34,7 +35,7 @@ class Projection(StrEnum):
 
 
 _KIND = {Projection.AVERAGE: SeriesKind.AVERAGE, Projection.MAXIMUM: SeriesKind.MIP}
-_NAME = {Projection.AVERAGE: "AIP", Projection.MAXIMUM: "MIP"}
+_NAME = {Projection.AVERAGE: layout.AIP, Projection.MAXIMUM: layout.MIP}  # also their folders
 _SERIES_NUMBER = {Projection.AVERAGE: 980, Projection.MAXIMUM: 981}
 
 

@@ -21,7 +21,8 @@ COMBINED_RTSTRUCT = "RS_combined.dcm"
 PHASE_RTSTRUCTS = "RS_phase*.dcm"
 SEGS = "seg/SEG_phase*.dcm"
 DERIVED = "derived"
-AIP_FILES = "derived/AIP/*.dcm"
+AIP, MIP = "AIP", "MIP"  # the folders of the projections under derived/
+AIP_FILES = f"{DERIVED}/{AIP}/*.dcm"
 SUMMARY = "summary.json"
 REPORT = "report.png"
 

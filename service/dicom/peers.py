@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from dicomrt import layout
+
 AE_TITLE_CHARS = set(" !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[]^_`abcdefghijklmnopqrstuvwxyz{|}~")
 
 
@@ -77,19 +79,19 @@ def allowed(peers: tuple[Peer, ...], ae_title: str, address: str) -> bool:
 class OutputKind(StrEnum):
     """Which of a job's outputs a destination receives."""
 
-    REFERENCE = "reference"  # RS_reference.dcm: the ITV and every phase's target on the reference series
-    PHASES = "phases"  # RS_phaseNN.dcm: one RTSTRUCT per phase
-    COMBINED = "combined"  # RS_combined.dcm
-    SEG = "seg"  # seg/SEG_phaseNN.dcm
-    AIP = "aip"  # derived/AIP/: the average intensity projection series written by the job
+    REFERENCE = "reference"  # the ITV and every phase's target on the reference series
+    PHASES = "phases"  # one RTSTRUCT per phase
+    COMBINED = "combined"  # one RTSTRUCT over every phase series
+    SEG = "seg"  # DICOM SEG per phase
+    AIP = "aip"  # the average intensity projection series written by the job
 
 
 _PATTERNS = {
-    OutputKind.REFERENCE: ("RS_reference.dcm",),
-    OutputKind.PHASES: ("RS_phase*.dcm",),
-    OutputKind.COMBINED: ("RS_combined.dcm",),
-    OutputKind.SEG: ("seg/SEG_phase*.dcm",),
-    OutputKind.AIP: ("derived/AIP/*.dcm",),
+    OutputKind.REFERENCE: (layout.REFERENCE_RTSTRUCT,),
+    OutputKind.PHASES: (layout.PHASE_RTSTRUCTS,),
+    OutputKind.COMBINED: (layout.COMBINED_RTSTRUCT,),
+    OutputKind.SEG: (layout.SEGS,),
+    OutputKind.AIP: (layout.AIP_FILES,),
 }
 
 

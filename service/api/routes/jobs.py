@@ -16,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from dicomrt.errors import StudyError
+from dicomrt.layout import REFERENCE_RTSTRUCT, REPORT, SUMMARY
 from jobs.manifest import JobState, Manifest
 from jobs.store import JobNotFoundError, JobStore
 from service.api.deps import ApiKeyDep, JobStoreDep, MetricsDep, QueueDep, SettingsDep
@@ -199,20 +200,20 @@ async def get_result(job_id: str, store: JobStoreDep, _: ApiKeyDep) -> FileRespo
 @router.get("/{job_id}/rtstruct", response_class=FileResponse, responses=_CONFLICT)
 def get_rtstruct(job_id: str, store: JobStoreDep, _: ApiKeyDep) -> FileResponse:
     """The RTSTRUCT on the reference series (the ITV and every phase's target)."""
-    return FileResponse(_output(store, job_id, "RS_reference.dcm"), media_type="application/dicom",
-                        filename=f"RS_reference-{job_id}.dcm")
+    return FileResponse(_output(store, job_id, REFERENCE_RTSTRUCT), media_type="application/dicom",
+                        filename=f"{Path(REFERENCE_RTSTRUCT).stem}-{job_id}.dcm")
 
 
 @router.get("/{job_id}/report", response_class=FileResponse, responses=_CONFLICT)
 def get_report(job_id: str, store: JobStoreDep, _: ApiKeyDep) -> FileResponse:
     """The QA picture (PNG)."""
-    return FileResponse(_output(store, job_id, "report.png"), media_type="image/png")
+    return FileResponse(_output(store, job_id, REPORT), media_type="image/png")
 
 
 @router.get("/{job_id}/summary", responses=_CONFLICT)
 def get_summary(job_id: str, store: JobStoreDep, _: ApiKeyDep) -> Response:
     """The job's JSON summary: structures, volumes, motion, timings, model identity."""
-    return Response(_output(store, job_id, "summary.json").read_bytes(), media_type="application/json")
+    return Response(_output(store, job_id, SUMMARY).read_bytes(), media_type="application/json")
 
 
 @router.delete("/{job_id}", status_code=204,
