@@ -48,7 +48,7 @@ def write_ct_image(path: Path, ds: Dataset, stored: np.ndarray, *, bits_stored: 
         ds.PixelData = pixels.tobytes()
         ds["PixelData"].VR = "OW"
     else:
-        ds.compress(transfer_syntax, pixels, encoding_plugin="pylibjpeg")
+        ds.compress(transfer_syntax, pixels, encoding_plugin="pylibjpeg", generate_instance_uid=False)
         if check_lossless and not np.array_equal(ds.pixel_array, stored):
             raise RuntimeError(f"{transfer_syntax.name} encoding is not lossless here: decoded pixels differ")
     pydicom.dcmwrite(path, ds, enforce_file_format=True)

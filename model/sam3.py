@@ -214,7 +214,7 @@ def merge(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) ->
 
     merged = load_adapter(load_base_model(base), adapter).merge_and_unload()
     merged.config.architectures = ["Sam3Model"]
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)  # empty or new: checked above
     merged.save_pretrained(out, safe_serialization=True)
     for name in (*TOKENIZER_FILES, *PROCESSOR_FILES, MODEL_LABEL):
         if (base / name).is_file():
