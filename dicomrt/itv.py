@@ -69,6 +69,11 @@ def expand(mask: np.ndarray, geometry: Geometry, margin_mm: float | Sequence[flo
     return out
 
 
+def has_margin(margin_mm: float | Sequence[float]) -> bool:
+    """Whether a margin (one number, or (x, y, z) mm) expands anything."""
+    return bool(np.any(np.asarray(margin_mm, dtype=float) > 0))
+
+
 def build_itv(target: np.ndarray, geometry: Geometry, margin_mm: float | Sequence[float] = 0.0) -> np.ndarray:
     """ITV from (phase, z, y, x) bool target masks: their union over phases, expanded by ``margin_mm``; (z, y, x)."""
     target = np.asarray(target, dtype=bool)

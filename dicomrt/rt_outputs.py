@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dicomrt.itv import build_itv
+from dicomrt.itv import build_itv, has_margin
 from dicomrt.layout import OutputLayout
 from dicomrt.phases import SeriesKind
 from dicomrt.provenance import Provenance
@@ -208,7 +208,7 @@ def _itv_rois(spec: StructureSpec, stack: np.ndarray, reference: SeriesInfo, ser
     kind = RoiType.CTV if target else spec.interpreted_type
     rois = [RoiMask(spec.itv_name, COLOURS["ITV"] if target else spec.colour, kind,
                     build_itv(stack, reference.geometry), series_index)]
-    if any(v > 0 for v in np.atleast_1d(margin_mm)):
+    if has_margin(margin_mm):
         rois.append(RoiMask(spec.itv_margin_name(margin_mm), COLOURS["ITV_margin"], kind,
                             build_itv(stack, reference.geometry, margin_mm), series_index))
     return rois

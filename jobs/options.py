@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from dicomrt.itv import has_margin
 from dicomrt.rt_errors import RTError
 from dicomrt.rt_outputs import OutputMode
 from dicomrt.structures import (
@@ -109,10 +110,7 @@ class JobOptions(BaseModel):
 
     @property
     def has_margin(self) -> bool:
-        return any(v > 0 for v in self._margin_values())
-
-    def _margin_values(self) -> tuple[float, ...]:
-        return (self.itv_margin_mm,) if isinstance(self.itv_margin_mm, float) else self.itv_margin_mm
+        return has_margin(self.itv_margin_mm)
 
     def margin_names(self) -> dict[str, str]:
         """Structure name → the ROI name of its expanded ITV, for every structure with an ITV (none without a

@@ -89,9 +89,10 @@ class JobResult:
             if result.itv is not None:
                 entry["itv"] = {"name": result.spec.itv_name, "volume_ml": round(float(result.itv.sum()) * voxel_ml, 4)}
                 if result.itv_expanded is not None:
+                    margin = self.options.itv_margin_mm
                     entry["itv"]["expanded"] = {
-                        "name": result.spec.itv_margin_name(self.options.itv_margin_mm),
-                        "margin_mm": self.options.to_json()["itv_margin_mm"],
+                        "name": result.spec.itv_margin_name(margin),
+                        "margin_mm": margin if isinstance(margin, float) else list(margin),
                         "volume_ml": round(float(result.itv_expanded.sum()) * voxel_ml, 4)}
             entry["threshold"] = result.threshold
             structures[result.spec.name] = entry
