@@ -11,6 +11,15 @@ halves a batch that runs out of memory; the batch actually used is printed.
     python bench/gpu_bench.py                       # CUDA: 1008 and 504 px, batches 1/8/32, bf16, 4 prompts
     python bench/gpu_bench.py --sizes 1008 --batches 8 --prompts 6 --slices 64
     python bench/gpu_bench.py --cpu-smoke           # CI: tiny config on CPU, batches 1 and 2, a few seconds
+
+``--job``: the whole job instead (``workers.pipeline.run_job``, what the worker runs), on the full-size phantom 4DCT
+(``itvsam phantom --size full``: 10 phases of 120 × 512²) with the official architecture at 1008 px written in the
+``facebook/sam3`` layout (``model.fullsize``; or ``--model-dir``), loaded by the worker's ``load_engine``: the stage
+timings of ``summary.json``, the model's slices/s over the whole 4DCT (one stream of full batches across phases), and
+the mission's goal of ≤ 30 s per 4DCT.
+
+    python bench/gpu_bench.py --job                 # CUDA: the full job, batch 32
+    python bench/gpu_bench.py --job --cpu-smoke     # CI: the tiny model on a 4-slice slab, the same code path
 """
 
 from __future__ import annotations
@@ -26,21 +35,14 @@ import numpy as np
 import torch
 from transformers import Sam3Config, Sam3Model
 
+from model.fullsize import full_config
 from model.network import Sam3SliceNetwork
 from model.predictor import PredictorSettings, SlicePredictor
 from model.preprocess import ImageSpec, ct_to_images
 from model.tiny import tiny_config, write_tiny_tokenizer
 
 PROMPTS = ("gross tumor volume", "left lung", "right lung", "heart", "esophagus", "spinal cord")
-
-
-def full_config(image_size: int) -> Sam3Config:
-    """The official SAM 3 configuration (``Sam3Config()`` defaults) at ``image_size`` px (a multiple of 14 · 2)."""
-    config = Sam3Config()
-    grid = image_size // 14
-    config.vision_config.backbone_config.image_size = image_size
-    config.vision_config.backbone_feature_sizes = [[4 * grid, 4 * grid], [2 * grid, 2 * grid], [grid, grid]]
-    return config
+GOAL_S = 30.0
 
 
 def synthetic_volume(slices: int, size: int, seed: int = 0) -> np.ndarray:
@@ -103,6 +105,40 @@ def bench_size(config: Sam3Config, tokenizer_dir: Path, batches: list[int], args
     return rows
 
 
+def bench_job(args: argparse.Namespace, device: str, tmp: Path) -> None:
+    """``--job``: one whole job on a phantom 4DCT (module docstring)."""
+    import json
+
+    from dicomrt.phantom import PhantomConfig, generate_phantom, slab, write_phantom
+    from model.fullsize import write_full_checkpoint
+    from model.tiny import write_tiny_checkpoint
+    from workers.pipeline import load_engine, run_job
+
+    if args.cpu_smoke:
+        phantom = slab(generate_phantom(PhantomConfig(seed=4)), slices=4, step=2)  # 10 phases of 4 x 64 x 64
+        study = write_phantom(phantom, tmp / "study", vendor="desc-t").dicom_dir
+        model_dir = write_tiny_checkpoint(tmp / "model")
+    else:
+        phantom = generate_phantom(PhantomConfig(seed=9, size="full"))
+        study = write_phantom(phantom, tmp / "study", vendor="desc-t").dicom_dir
+        model_dir = args.model_dir or write_full_checkpoint(tmp / "sam3", image_size=args.sizes[0])
+    started = time.perf_counter()
+    engine = load_engine(model_dir, device=device, batch_size=args.batches[-1])
+    load_s = time.perf_counter() - started
+    result = run_job(study, tmp / "out", engine)
+    summary = json.loads((tmp / "out" / "summary.json").read_text())
+    timings = summary["timings"]
+    n_slices = sum(1 for _ in study.iterdir())
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU (tiny model, smoke test)"
+    size = engine.predictor.network.image_spec.image_size
+    print(f"whole job (run_job), {name}, model {model_dir.name} at {size} px, batch {args.batches[-1]}, "
+          f"{n_slices} slices, load {load_s:.1f} s")
+    for key in ("reading_s", "model_s", "refining_s", "writing_s", "total_s"):
+        print(f"  {key[:-2]:<9} {timings[key]:8.1f} s")
+    print(f"  model stream {n_slices / timings['model_s']:.1f} slices/s; {len(result.outputs.rtstructs)} RTSTRUCTs; "
+          f"goal ≤ {GOAL_S:.0f} s per 4DCT: {'met' if timings['total_s'] <= GOAL_S else 'not met'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1008, 504], help="image sizes in px (÷28)")
@@ -113,7 +149,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny config on CPU, batches 1 and 2 (CI)")
+    parser.add_argument("--job", action="store_true", help="the whole job on a phantom 4DCT (module docstring)")
+    parser.add_argument("--model-dir", type=Path, help="--job: a model directory instead of the random checkpoint")
     args = parser.parse_args()
+    if args.job:
+        if not args.cpu_smoke and not torch.cuda.is_available():
+            parser.error("no CUDA device: run on a GPU machine, or pass --cpu-smoke")
+        if args.cpu_smoke:
+            torch.set_num_threads(1)
+            args.batches = [8]
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_job(args, "cpu" if args.cpu_smoke else "cuda", Path(tmp))
+        return
     if args.cpu_smoke:
         device, dtype = torch.device("cpu"), torch.float32
         args.batches, args.repeats, args.slice_px, args.prompts = [1, 2], 1, 64, 2
@@ -124,7 +171,7 @@ def main() -> None:
             parser.error("no CUDA device: run on a GPU machine, or pass --cpu-smoke")
         device = torch.device("cuda")
         dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-        configs = [full_config(size) for size in args.sizes]
+        configs = [full_config(size).detector_config for size in args.sizes]
     with tempfile.TemporaryDirectory() as tmp:
         write_tiny_tokenizer(tmp)
         rows = []

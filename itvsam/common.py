@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -113,6 +114,16 @@ def job_progress(first: str) -> Iterator[Callable[[Any], None]]:
     with Progress(*columns, console=errors) as bar:
         task = bar.add_task(first, total=1.0)
         yield lambda progress: bar.update(task, completed=progress.fraction, description=progress.message[:28])
+
+
+@contextmanager
+def loading_model(model_dir: Path) -> Iterator[None]:
+    """Our progress while a model loads (transformers' own bar is off: ``model.sam3``), then how long it took."""
+    started = time.perf_counter()
+    with errors.status(f"loading SAM 3 from {escape(str(model_dir))}", spinner="dots"):
+        yield
+    errors.print(f"loaded SAM 3 from {escape(str(model_dir))} in {time.perf_counter() - started:.1f} s",
+                 highlight=False)
 
 
 def torch_threads(threads: int | None) -> None:

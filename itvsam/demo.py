@@ -66,7 +66,7 @@ def run_demo(out_dir: Path, *, seed: int = DEMO_SEED, model_dir: Path = PHANTOM_
              progress: Callable[[Any], None] | None = None) -> DemoResult:
     """Run the demo into ``out_dir`` (new or empty): ``study/`` (the phantom's DICOM and truth), ``result/`` (the job's
     outputs) and ``demo_metrics.json``. Refuses a seed the model was trained or validated on."""
-    from workers.pipeline import load_engine, run_job  # torch
+    from workers.pipeline import Progress, load_engine, run_job  # torch
 
     start = time.perf_counter()
     used = training_seeds(model_dir)
@@ -78,6 +78,8 @@ def run_demo(out_dir: Path, *, seed: int = DEMO_SEED, model_dir: Path = PHANTOM_
         raise FileExistsError(f"demo output folder {out_dir} is not empty")
     phantom = generate_phantom(PhantomConfig(seed=seed, artifacts=DEMO_ARTIFACTS))
     files = write_phantom(phantom, out_dir / "study", vendor="desc-t", aip=True)
+    if progress is not None:
+        progress(Progress("reading", 0.0, message="loading the model"))
     engine = load_engine(Path(model_dir))
     job = run_job(files.dicom_dir, out_dir / "result", engine, progress=progress)
     result = OutputLayout(out_dir / "result")

@@ -1,5 +1,5 @@
-"""Engine commands (SAM 3): ``run``, ``merge``, ``train``, ``eval``, ``demo``. Torch and the model are imported by
-the command that needs them, so the other groups start without them."""
+"""Engine commands (SAM 3): ``run``, ``merge``, ``train``, ``eval``, ``demo``, ``check-model``. Torch and the model
+are imported by the command that needs them, so the other groups start without them."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from itvsam.common import (
     errors,
     fail,
     job_progress,
+    loading_model,
     read_options,
     torch_threads,
 )
@@ -63,7 +64,8 @@ def run(
     if force:
         clear(out)
     try:
-        engine = load_engine(model, adapter, device=device.value)
+        with loading_model(model):
+            engine = load_engine(model, adapter, device=device.value)
     except (ModelLoadError, OSError) as exc:
         raise fail(EXIT_MODEL, "model_unavailable", str(exc)) from None
     with job_progress("reading") as show:
@@ -177,6 +179,13 @@ def train(
                                                     "recall).")] = 0.5,
     structure_weight: Annotated[list[str] | None, typer.Option(help="Share of a structure's positives, NAME=W "
                                                                     "(repeatable; default GTV=2).")] = None,
+    micro_batch: Annotated[int | None, typer.Option(min=1, help="Slices per forward pass, gradients accumulated "
+                                                                "over the step (default: 1 in LoRA mode, all in full "
+                                                                "mode; halved on CUDA out of memory).")] = None,
+    checkpointing: Annotated[bool, typer.Option(help="Activation checkpointing of the ViT layers.")] = True,
+    cache_text: Annotated[bool, typer.Option(help="LoRA: encode the prompts once per run (text encoder frozen).")]
+    = True,
+    bf16: Annotated[bool | None, typer.Option(help="bf16 autocast (default: on CUDA only).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.")] = False,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     device: Annotated[Device, typer.Option(help="Compute device (cuda: bf16 autocast).")] = Device.CPU,
@@ -205,6 +214,7 @@ def train(
             raise ValueError("no training data: give --data and/or --phantom-seeds")
         settings = TrainSettings(
             mode=mode.value, steps=steps, epoch_steps=epoch_steps, slices=slices, lr=lr, seed=seed, label=label,
+            micro_batch=micro_batch, checkpointing=checkpointing, cache_text=cache_text, bf16=bf16,
             lora=LoraSettings(rank=rank, alpha=2.0 * rank, attention=tuple(t for t in targets.split(",") if t),
                               mlp=mlp),
             mining=MiningSettings(structure_weights=_structure_weights(structure_weight),
@@ -275,7 +285,8 @@ def eval_command(
     except (AnnotationError, StudyError, RTError) as exc:
         raise fail(EXIT_REFUSED, getattr(exc, "code", "invalid_data"), str(exc)) from None
     try:
-        engine = load_engine(model, adapter, device=device.value)
+        with loading_model(model):
+            engine = load_engine(model, adapter, device=device.value)
     except (ModelLoadError, OSError) as exc:
         raise fail(EXIT_MODEL, "model_unavailable", str(exc)) from None
     thresholds = thresholds_for([s.name for s in specs], engine.identity.thresholds)
@@ -330,3 +341,44 @@ def demo(
                   highlight=False)
 
 
+
+
+@app.command(name="check-model")
+def check_model_command(
+    model: Annotated[Path, typer.Argument(help="SAM 3 model directory (official snapshot, converted or merged).")],
+    adapter: Annotated[Path | None, typer.Option(help="LoRA adapter (peft) merged on load.")] = None,
+    template: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
+                                                  help="Site template (YAML/JSON); default: thoracic.")] = None,
+    device: Annotated[Device, typer.Option(help="Compute device (cuda: bf16, as the worker runs).")] = Device.CPU,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+) -> None:
+    """Commission a model: load it as the worker does, print its identity and figures, time one slice."""
+    from model.check import check_model
+    from model.sam3 import ModelLoadError
+
+    torch_threads(threads)
+    try:
+        specs = load_template(template) if template else thoracic_template()
+    except RTError as exc:
+        raise fail(EXIT_REFUSED, exc.code, str(exc)) from None
+    try:
+        with errors.status(f"loading {escape(str(model))} and timing one slice", spinner="dots"):
+            found = check_model(model, specs, adapter_dir=adapter, device=device.value)
+    except (ModelLoadError, OSError, ValueError) as exc:
+        raise fail(EXIT_MODEL, "model_unavailable", str(exc)) from None
+    identity = found.identity
+    table = Table(title=f"SAM 3 model {identity.short}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    rows = [("label", identity.label or "(none)"), ("config sha256", identity.config_sha256),
+            ("weights sha256", identity.weights_sha256), ("adapter sha256", identity.adapter_sha256 or "(none)"),
+            ("parameters", f"{found.parameters:,}"), ("dtype / device", f"{found.dtype} on {found.device}"),
+            ("input size", f"{found.image_size} px"), ("load", f"{found.load_s:.1f} s"),
+            ("one slice", f"{found.slice_s * 1000:.0f} ms ({len(specs)} structures, 512 x 512)"),
+            ("peak memory", f"{found.peak_memory_bytes / (1 << 30):.2f} GiB ({found.memory_measure})")]
+    thresholds = identity.thresholds or {}
+    rows += [(f"threshold {name}", f"{thresholds[name]:g}" if name in thresholds else "0.5 (not calibrated)")
+             for name in (s.name for s in specs)]
+    for key, value in rows:
+        table.add_row(key, escape(value))
+    console.print(table)

@@ -102,6 +102,7 @@ class Sam3SliceNetwork:
         self.image_spec = image_spec
         self.mask_source = mask_source
         self.presence_gating = presence_gating
+        self._prompts: dict[str, PromptEmbedding] = {}
 
     @classmethod
     def from_loaded(cls, loaded: LoadedSam3, mask_source: MaskSource = DEFAULT_MASK_SOURCE,
@@ -113,13 +114,18 @@ class Sam3SliceNetwork:
         return self.model.get_vision_features(pixel_values=images.to(device=self.model.device, dtype=self.model.dtype))
 
     def encode_prompts(self, prompts: Sequence[str]) -> list[PromptEmbedding]:
-        """Text prompts → one ``PromptEmbedding`` each (CLIP text encoder + projection, run once for all)."""
-        tokens = self.tokenizer(list(prompts), padding="max_length", max_length=TEXT_MAX_LENGTH, truncation=True,
-                                return_tensors="pt").to(self.model.device)
-        features = self.model.get_text_features(input_ids=tokens["input_ids"],
-                                                attention_mask=tokens["attention_mask"]).pooler_output
-        return [PromptEmbedding(text=p, features=features[i:i + 1], mask=tokens["attention_mask"][i:i + 1])
-                for i, p in enumerate(prompts)]
+        """Text prompts → one ``PromptEmbedding`` each (CLIP text encoder + projection). Each text is encoded once in
+        the network's life (the weights are fixed while it exists), so every volume after the first reuses them."""
+        new = list(dict.fromkeys(p for p in prompts if p not in self._prompts))
+        if new:
+            tokens = self.tokenizer(new, padding="max_length", max_length=TEXT_MAX_LENGTH, truncation=True,
+                                    return_tensors="pt").to(self.model.device)
+            features = self.model.get_text_features(input_ids=tokens["input_ids"],
+                                                    attention_mask=tokens["attention_mask"]).pooler_output
+            self._prompts.update({p: PromptEmbedding(text=p, features=features[i:i + 1],
+                                                     mask=tokens["attention_mask"][i:i + 1])
+                                  for i, p in enumerate(new)})
+        return [self._prompts[p] for p in prompts]
 
     def decode(self, image_features: object, prompt: PromptEmbedding) -> SliceMaps:
         """Decode a batch of encoded images for one prompt (the prompt is broadcast over the batch)."""

@@ -2,7 +2,10 @@
 
 Inference strategy only; the network is passed in (``SliceNetwork``: ``Sam3SliceNetwork`` in production, a function
 stub in unit tests). Per batch of axial slices the image encoder runs once, then every prompt of every structure is
-decoded on the same features; text prompts are encoded once per call. A structure with several prompts takes the
+decoded on the same features; text prompts are encoded once per call. The phases of a 4DCT go through as one stream
+(``predict_volumes``): a batch takes the last slices of one phase and the first of the next, so every batch but the
+last is full, and each phase is handed back as soon as it is done. On CUDA the slices travel as int16 HU from
+page-locked memory, asynchronously (``model.preprocess.ct_to_images``). A structure with several prompts takes the
 voxel-wise maximum of their probabilities (and of their presence scores). Probabilities are resized from the model's
 mask grid back to the slice grid on the compute device, then copied to host memory as float32.
 
@@ -35,7 +38,7 @@ checkpoint and LoRA (the predictor takes ``MaskSource`` and ``presence_gating`` 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -101,7 +104,6 @@ class SlicePredictor:
         self.settings = settings
         self.batch_size = settings.batch_size  # current size: lowered for good after an OOM
 
-    @torch.inference_mode()
     def predict(
         self,
         volume_hu: np.ndarray,
@@ -113,9 +115,26 @@ class SlicePredictor:
         ``volume_hu``: (z, y, x) Hounsfield units. ``structures``: name → its text prompts (at least one each).
         ``progress(done_slices, total_slices)`` is called after each batch. Returns name → ``StructurePrediction``.
         """
-        volume = np.asarray(volume_hu)
-        if volume.ndim != 3:
-            raise ValueError(f"volume_hu must be (z, y, x), got shape {volume.shape}")
+        (_, prediction), = self.predict_volumes([volume_hu], structures, progress)
+        return prediction
+
+    @torch.inference_mode()
+    def predict_volumes(
+        self,
+        volumes_hu: Sequence[np.ndarray],
+        structures: Mapping[str, Sequence[str]],
+        progress: ProgressCallback | None = None,
+    ) -> Iterator[tuple[int, dict[str, StructurePrediction]]]:
+        """Predict several volumes (the phases of a 4DCT) as one stream of full batches: the last slices of a volume
+        and the first of the next share a batch when their slices have the same shape. Yields ``(k, prediction)``
+        for volume k as soon as its last slice is done, in order, so only the volumes in flight are held.
+
+        ``progress(done_slices, total_slices)`` counts slices of all volumes together.
+        """
+        volumes = [np.asarray(v) for v in volumes_hu]
+        bad = [v.shape for v in volumes if v.ndim != 3]
+        if bad or not volumes:
+            raise ValueError(f"volume_hu must be (z, y, x), got shape {bad[0] if bad else 'no volume'}")
         empty = [name for name, prompts in structures.items() if not prompts]
         if empty or not structures:
             raise ValueError(f"every structure needs at least one prompt; none for {empty or 'any structure'}")
@@ -123,14 +142,18 @@ class SlicePredictor:
         prompts = [p for name in names for p in structures[name]]
         owner = [i for i, name in enumerate(names) for _ in structures[name]]
         embeddings = self.network.encode_prompts(prompts)
-        n_slices, height, width = volume.shape
-        probability = np.zeros((len(names), n_slices, height, width), dtype=np.float32)
-        presence = np.zeros((len(names), n_slices), dtype=np.float32)
+        total = sum(len(v) for v in volumes)
+        slots = [(k, z) for k, v in enumerate(volumes) for z in range(len(v))]
+        pending: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         start = 0
-        while start < n_slices:
-            stop = min(n_slices, start + self.batch_size)
+        while start < total:
+            stop = min(total, start + self.batch_size)
+            shape = volumes[slots[start][0]].shape[1:]
+            stop = next((i for i in range(start, stop) if volumes[slots[i][0]].shape[1:] != shape), stop)
+            pieces = _pieces(slots[start:stop])
             try:
-                batch_probability, batch_presence = self._batch(volume[start:stop], embeddings, owner, len(names))
+                batch_probability, batch_presence = self._batch(
+                    np.concatenate([volumes[k][z0:z1] for k, z0, z1 in pieces]), embeddings, owner, len(names))
             except torch.OutOfMemoryError:
                 if self.batch_size == 1:
                     raise
@@ -140,13 +163,24 @@ class SlicePredictor:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
-            probability[:, start:stop] = batch_probability
-            presence[:, start:stop] = batch_presence
+            at = 0
+            for k, z0, z1 in pieces:
+                if k not in pending:
+                    pending[k] = (np.zeros((len(names), *volumes[k].shape), dtype=np.float32),
+                                  np.zeros((len(names), len(volumes[k])), dtype=np.float32))
+                probability, presence = pending[k]
+                probability[:, z0:z1] = batch_probability[:, at:at + z1 - z0]
+                presence[:, z0:z1] = batch_presence[:, at:at + z1 - z0]
+                at += z1 - z0
             start = stop
             if progress is not None:
-                progress(start, n_slices)
-        return {name: StructurePrediction(probability=probability[i], presence=presence[i])
-                for i, name in enumerate(names)}
+                progress(start, total)
+            in_flight = slots[start][0] if start < total else len(volumes)
+            for k in sorted(pending):
+                if k < in_flight:
+                    probability, presence = pending.pop(k)
+                    yield k, {name: StructurePrediction(probability=probability[i], presence=presence[i])
+                              for i, name in enumerate(names)}
 
     def _batch(self, slices_hu: np.ndarray, embeddings: Sequence[object], owner: Sequence[int], n_structures: int
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -162,3 +196,14 @@ class SlicePredictor:
             best[index] = torch.maximum(best[index], to_slice_grid(maps.probability, shape).clamp_(0.0, 1.0))
             best_presence[index] = torch.maximum(best_presence[index], maps.presence.float())
         return best.cpu().numpy(), best_presence.cpu().numpy()
+
+
+def _pieces(slots: Sequence[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """Consecutive (volume, slice) slots → (volume, first slice, stop slice) runs, in order."""
+    pieces: list[tuple[int, int, int]] = []
+    for k, z in slots:
+        if pieces and pieces[-1][0] == k and pieces[-1][2] == z:
+            pieces[-1] = (k, pieces[-1][1], z + 1)
+        else:
+            pieces.append((k, z, z + 1))
+    return pieces

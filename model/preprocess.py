@@ -91,6 +91,8 @@ def ct_to_images(
     hu = torch.as_tensor(slices_hu)
     if hu.ndim != 3:
         raise ValueError(f"slices_hu must be (n, y, x), got shape {tuple(hu.shape)}")
+    if torch.device(device).type == "cuda":  # page-locked host memory: the copy is asynchronous, in the HU dtype
+        hu = hu.pin_memory().to(device, non_blocking=True)
     hu = hu.to(device=device, dtype=torch.float32)
     lower = torch.tensor([w.lower_hu for w in spec.windows], device=hu.device).view(1, 3, 1, 1)
     upper = torch.tensor([w.upper_hu for w in spec.windows], device=hu.device).view(1, 3, 1, 1)

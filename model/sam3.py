@@ -22,11 +22,14 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, Sam3Model
+from transformers.utils import logging as transformers_logging
 
 from model.calibration import CALIBRATION_FILE, read_thresholds
 from model.identity import ModelIdentity
@@ -159,17 +162,36 @@ def image_spec_for(model: Sam3Model, model_dir: str | Path) -> ImageSpec:
     return ImageSpec(image_size=int(model.config.vision_config.image_size), image_mean=mean, image_std=std)
 
 
+@contextmanager
+def _without_loading_bar() -> Iterator[None]:
+    """transformers' own "Loading weights" bar off (it interleaves with our progress and fills worker logs with
+    ``celery.redirected`` warnings); the callers show the load in their own progress."""
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
+
+
 def load_base_model(model_dir: str | Path) -> Sam3Model:
     """``Sam3Model`` in float32 from a snapshot directory, refusing missing, unexpected or mis-shaped weights."""
     path = check_model_dir(model_dir)
-    model, info = Sam3Model.from_pretrained(path, local_files_only=True, use_safetensors=True,
-                                            output_loading_info=True, dtype=torch.float32)
+    with _without_loading_bar():
+        model, info = Sam3Model.from_pretrained(path, local_files_only=True, use_safetensors=True,
+                                                output_loading_info=True, dtype=torch.float32)
     problems = {k: sorted(info.get(k) or ()) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     problems = {k: v for k, v in problems.items() if v}
     if problems or info.get("error_msgs"):
         summary = "; ".join(f"{k}: {len(v)} (first {v[:3]})" for k, v in problems.items())
         raise ModelLoadError(f"model directory {path} does not match Sam3Model: {summary} {info.get('error_msgs')}")
     return model.eval()
+
+
+def inference_dtype(device: torch.device | str) -> torch.dtype:
+    """What inference runs in on ``device``: bf16 on CUDA, float32 elsewhere."""
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
 
 
 def load_sam3(

@@ -137,6 +137,17 @@ class Batch:
     items: np.ndarray
     present: torch.Tensor
 
+    def micro_batches(self, slices: int) -> list[tuple[Batch, torch.Tensor]]:
+        """The batch cut into consecutive parts of at most ``slices`` slices, each with its items' positions in
+        this batch (for gradient accumulation: the parts together are exactly this batch's items)."""
+        parts = []
+        for start in range(0, self.hu.shape[0], slices):
+            stop = min(start + slices, self.hu.shape[0])
+            index = ((self.slice_of >= start) & (self.slice_of < stop)).nonzero()[:, 0]
+            parts.append((Batch(self.hu[start:stop], self.targets[index], self.slice_of[index] - start,
+                                self.structure[index], self.items[index.numpy()], self.present[index]), index))
+        return parts
+
 
 def make_batch(volumes: Sequence[AnnotatedVolume], names: Sequence[str], index: SampleIndex, anchors: np.ndarray,
                companions: bool, augmentation: AugmentSettings, generator: torch.Generator) -> Batch:

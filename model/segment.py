@@ -6,7 +6,7 @@ Torch-free: the predictor is passed in (``model.predictor.SlicePredictor`` or an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -18,9 +18,11 @@ PhaseProgress = Callable[[int, int, int], None]
 
 
 class Predictor(Protocol):
-    def predict(self, volume_hu: np.ndarray, structures: Mapping[str, Sequence[str]],
-                progress: Callable[[int, int], None] | None = None) -> Mapping[str, Any]:
-        """(z, y, x) HU → name → an object with ``probability`` (z, y, x) float in [0, 1]."""
+    def predict_volumes(self, volumes_hu: Sequence[np.ndarray], structures: Mapping[str, Sequence[str]],
+                        progress: Callable[[int, int], None] | None = None
+                        ) -> Iterator[tuple[int, Mapping[str, Any]]]:
+        """(z, y, x) HU volumes → ``(k, name → an object with probability (z, y, x) float in [0, 1])`` per volume, as
+        each is done; ``progress(done, total)`` counts slices of all volumes."""
 
 
 def predict_phases(predictor: Predictor, volumes: Sequence[np.ndarray], template: Sequence[StructureSpec],
@@ -28,17 +30,21 @@ def predict_phases(predictor: Predictor, volumes: Sequence[np.ndarray], template
     """Per structure of ``template`` a (phase, z, y, x) bool mask: the predictor's probability ≥ the structure's
     threshold, for each (z, y, x) HU volume of ``volumes`` (the phases, in percent order, on one grid).
 
-    Thresholded phase by phase, so that a full-size study holds bool volumes (1 byte a voxel), not float ones: the
-    image encoder runs once per slice and every structure's prompt reuses its features (``SlicePredictor``).
+    The phases go through the predictor as one stream of slices (``SlicePredictor.predict_volumes``: the image encoder
+    runs once per slice, in full batches across phase boundaries, and every structure's prompt reuses its features),
+    and each phase is thresholded as soon as it is done, so a full-size study holds bool volumes (1 byte a voxel).
     """
     prompts = {spec.name: spec.prompts for spec in template}
     shape = (len(volumes), *volumes[0].shape)
     masks = {name: np.zeros(shape, dtype=bool) for name in prompts}
-    for k, volume in enumerate(volumes):
-        def on_batch(done: int, total: int, k: int = k) -> None:
-            if progress is not None:
-                progress(k, done, total)
+    starts = np.cumsum([0] + [len(v) for v in volumes])
 
-        for name, prediction in predictor.predict(volume, prompts, progress=on_batch).items():
-            masks[name][k] = prediction.probability >= thresholds[name]
+    def on_batch(done: int, total: int) -> None:
+        if progress is not None:
+            k = min(int(np.searchsorted(starts, done, side="right")) - 1, len(volumes) - 1)
+            progress(k, done - int(starts[k]), len(volumes[k]))
+
+    for k, prediction in predictor.predict_volumes(volumes, prompts, progress=on_batch):
+        for name, structure in prediction.items():
+            masks[name][k] = structure.probability >= thresholds[name]
     return masks

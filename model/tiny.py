@@ -154,19 +154,19 @@ def write_processor_config(out_dir: str | Path, image_size: int, mask_size: int)
     Path(out_dir, "processor_config.json").write_text(json.dumps(processor, indent=2) + "\n", encoding="utf-8")
 
 
+def random_tensor(name: str, shape: Sequence[int], dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+    """A seeded random weight for parameter ``name``: std 0.02 around 0, norms' weights around 1 (float dtypes only)."""
+    values = torch.randn(tuple(shape), generator=generator) * 0.02
+    if name.endswith(".weight") and len(shape) == 1 and ("norm" in name or "layer_norm" in name):
+        values += 1.0
+    return values.to(dtype).contiguous()
+
+
 def _random_state_dict(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    """Seeded random tensors of the same names, shapes and dtypes (std 0.02 around 0; norms' weights around 1)."""
+    """Seeded random tensors of the same names, shapes and dtypes (``random_tensor``; other dtypes copied)."""
     generator = torch.Generator().manual_seed(seed)
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in state.items():
-        if not tensor.is_floating_point():
-            out[name] = tensor.clone()
-            continue
-        values = torch.randn(tensor.shape, generator=generator) * 0.02
-        if name.endswith(".weight") and tensor.ndim == 1 and ("norm" in name or "layer_norm" in name):
-            values += 1.0
-        out[name] = values.to(tensor.dtype).contiguous()
-    return out
+    return {name: random_tensor(name, tensor.shape, tensor.dtype, generator) if tensor.is_floating_point()
+            else tensor.clone() for name, tensor in state.items()}
 
 
 def write_tiny_checkpoint(

@@ -5,7 +5,19 @@ One step (``Trainer.step``): the sampler (``model.mining``) draws ``slices`` anc
 encoder runs once per slice and every item (anchor structures, plus every other structure with ``companions``) is
 decoded with one of its structure's text prompts; the loss (``model.losses``) is averaged over items and the
 per-item losses go back to the mining table. The learning rate warms up linearly for ``warmup`` steps, then follows
-a cosine down to 10 %. Gradients are clipped to ``grad_clip``. On CUDA the forward runs in bf16 autocast.
+a cosine down to 10 %. Gradients are clipped to ``grad_clip``.
+
+What makes the official architecture (840 M parameters, 1008 px: 5,184 tokens per slice through 32 ViT layers) fit
+one consumer GPU, measured by ``bench/bench_training_memory.py`` (its figures are in the README):
+
+- activation checkpointing of the ViT layers (``checkpointing``): each ``Sam3ViTLayer`` keeps only its input and
+  recomputes the rest in the backward pass (``checkpoint_vit_layers``);
+- the prompts' text embeddings computed once per run in LoRA mode (``cache_text``): the text encoder (354 M
+  parameters) and its projection are frozen there, so a CLIP forward per step would give the same embeddings;
+- micro-batches (``micro_batch`` slices per forward, gradients accumulated, so a step is still ``slices`` slices and
+  its gradient that of the mean item loss); a CUDA out-of-memory error in a step halves the micro-batch and redoes the
+  step, recorded in ``training_record.json`` (``events``) and kept for the rest of the run;
+- bf16 autocast (``bf16``; default: on CUDA only; on CPU as an option, to measure memory there).
 
 Every ``epoch_steps`` steps: the sampler re-ranks items (online hard mining), the validation volumes are predicted
 (the production ``SlicePredictor``; Dice and HD95 at threshold 0.5, before refinement), a checkpoint is written
@@ -27,14 +39,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedTokenizerBase, Sam3Model
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.sam3.modeling_sam3 import Sam3ViTLayer
 
 from dicomrt.structures import StructureSpec
 from model.calibration import calibrate, dice_curve, write_calibration
@@ -65,6 +80,10 @@ class TrainSettings:
     anchor items (slices) per step; ``lr``, ``weight_decay`` (AdamW), ``warmup`` (steps), ``grad_clip`` (norm);
     ``val_phases``: which phases of each validation study are predicted at each validation (None: all);
     ``label``: written to ``itvsam_model.json`` of a full-training result (e.g. that it is a phantom model).
+    Memory (module docstring): ``micro_batch`` slices per forward (None: one in LoRA mode, which is what fits the
+    official architecture at 1008 px on a 24 GB GPU; all ``slices`` at once in full mode, the tiny architecture),
+    ``checkpointing`` of the ViT layers, ``cache_text`` (LoRA mode only: the text encoder is frozen there), ``bf16`` autocast (None: on
+    CUDA only).
     """
 
     mode: TrainMode = TrainMode.LORA
@@ -82,12 +101,18 @@ class TrainSettings:
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     val_phases: tuple[int, ...] | None = (0, 5)
     label: str | None = None
+    micro_batch: int | None = None
+    checkpointing: bool = True
+    cache_text: bool = True
+    bf16: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", TrainMode(self.mode))
         if self.steps < 1 or self.epoch_steps < 1 or self.slices < 1:
             raise ValueError(f"steps, epoch_steps and slices must be positive, got {self.steps}, {self.epoch_steps}, "
                              f"{self.slices}")
+        if self.micro_batch is not None and not 1 <= self.micro_batch <= self.slices:
+            raise ValueError(f"micro_batch must be between 1 and slices ({self.slices}), got {self.micro_batch}")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -122,11 +147,33 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
-def forward_items(model: torch.nn.Module, images: torch.Tensor, slice_of: torch.Tensor, input_ids: torch.Tensor,
+def checkpoint_vit_layers(model: torch.nn.Module) -> int:
+    """Turn on activation checkpointing (non-reentrant, so it works with frozen inputs and peft) in every ViT layer;
+    returns how many. ``Sam3ViTLayer`` is a transformers ``GradientCheckpointingLayer``, but
+    ``Sam3Model.gradient_checkpointing_enable()`` refuses (the model does not declare support), so the layers get the
+    checkpoint function the way that method would give it. Only active while training with gradients."""
+    layers = [module for module in model.modules() if isinstance(module, Sam3ViTLayer)]
+    for layer in layers:
+        layer.gradient_checkpointing = True
+        layer._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
+    return len(layers)
+
+
+def encode_text(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], device: str
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, T, hidden) projected text features and (n, T) attention mask of ``prompts`` (CLIP + projection)."""
+    tokens = tokenizer(list(prompts), padding="max_length", max_length=TEXT_MAX_LENGTH, truncation=True,
+                       return_tensors="pt").to(device)
+    features = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+    return features.pooler_output, tokens["attention_mask"]
+
+
+def forward_items(model: torch.nn.Module, images: torch.Tensor, slice_of: torch.Tensor, text: torch.Tensor,
                   attention_mask: torch.Tensor) -> Any:
     """Sam3Model outputs for items = (slice, prompt) pairs, the image encoder run once per slice.
 
-    ``images``: (n_slices, 3, S, S); ``slice_of``: (n_items,) long; ``input_ids``/``attention_mask``: (n_items, T).
+    ``images``: (n_slices, 3, S, S); ``slice_of``: (n_items,) long; ``text``: (n_items, T, hidden) projected text
+    features (``encode_text``); ``attention_mask``: (n_items, T).
     """
     from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
@@ -137,7 +184,6 @@ def forward_items(model: torch.nn.Module, images: torch.Tensor, slice_of: torch.
         fpn_hidden_states=tuple(h[index] for h in vision.fpn_hidden_states),
         fpn_position_encoding=tuple(p[index] for p in vision.fpn_position_encoding),
     )
-    text = model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
     return model(vision_embeds=picked, text_embeds=BaseModelOutputWithPooling(pooler_output=text),
                  attention_mask=attention_mask)
 
@@ -201,8 +247,19 @@ class Trainer:
             self.model = base
             for parameter in self.model.parameters():
                 parameter.requires_grad_(True)
+        if settings.checkpointing:
+            checkpoint_vit_layers(self.model)
         self.model.to(device).train()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.bf16 = str(device).startswith("cuda") if settings.bf16 is None else settings.bf16
+        self.prompts = [p for spec in self.template for p in spec.prompts]
+        self.first_prompt = np.cumsum([0] + [len(spec.prompts) for spec in self.template])[:-1]
+        self.text_cache = None
+        if settings.cache_text and settings.mode is TrainMode.LORA:
+            with torch.no_grad(), self.autocast():
+                self.text_cache = encode_text(self.model, self.tokenizer, self.prompts, device)
+        self.micro_batch = settings.micro_batch or (1 if settings.mode is TrainMode.LORA else settings.slices)
+        self.events: list[dict[str, Any]] = []
         self.optimizer = torch.optim.AdamW(self.trainable, lr=settings.lr, weight_decay=settings.weight_decay)
         self.index = SampleIndex.build(self.train_volumes, self.names)
         weights = dict(settings.mining.structure_weights)
@@ -233,21 +290,56 @@ class Trainer:
         return make_batch(self.train_volumes, self.names, self.index, anchors, s.mining.companions, s.augment,
                           self.generator)
 
+    def autocast(self) -> torch.autocast:
+        return torch.autocast("cuda" if str(self.device).startswith("cuda") else "cpu", dtype=torch.bfloat16,
+                              enabled=self.bf16)
+
+    def draw_prompts(self, batch: Batch) -> list[int]:
+        """Which prompt of its structure each item of ``batch`` uses, drawn at random."""
+        return [int(self.rng.integers(len(self.template[k].prompts))) for k in batch.structure.tolist()]
+
     def batch_losses(self, batch: Batch, prompt_choice: Sequence[int] | None = None) -> torch.Tensor:
         """(n_items,) losses of ``batch`` (with gradients). ``prompt_choice``: which prompt of its structure each
         item uses (None: drawn at random)."""
         if prompt_choice is None:
-            prompt_choice = [int(self.rng.integers(len(self.template[k].prompts))) for k in batch.structure.tolist()]
-        prompts = [self.template[k].prompts[c] for k, c in zip(batch.structure.tolist(), prompt_choice, strict=True)]
+            prompt_choice = self.draw_prompts(batch)
+        prompt = [int(self.first_prompt[k]) + c for k, c in zip(batch.structure.tolist(), prompt_choice, strict=True)]
         images = ct_to_images(batch.hu, self.spec, device=self.device)
-        tokens = self.tokenizer(prompts, padding="max_length", max_length=TEXT_MAX_LENGTH, truncation=True,
-                                return_tensors="pt").to(self.device)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(self.device).startswith("cuda"))
-        with autocast:
-            out = forward_items(self.model, images, batch.slice_of, tokens["input_ids"], tokens["attention_mask"])
+        with self.autocast():
+            if self.text_cache is None:
+                text, mask = encode_text(self.model, self.tokenizer, [self.prompts[i] for i in prompt], self.device)
+            else:
+                rows = torch.tensor(prompt, device=self.text_cache[0].device)
+                text, mask = self.text_cache[0][rows], self.text_cache[1][rows]
+            out = forward_items(self.model, images, batch.slice_of, text, mask)
         targets = masks_to_model_grid(batch.targets, out.semantic_seg.shape[-1], device=self.device)
         return item_losses(out.semantic_seg, out.pred_masks, out.pred_logits, out.presence_logits, targets,
                            batch.present.to(self.device), self.settings.loss)
+
+    def accumulate(self, batch: Batch, prompt_choice: Sequence[int]) -> torch.Tensor:
+        """Forward and backward of ``batch`` in micro-batches of ``self.micro_batch`` slices, leaving the gradient of
+        the mean item loss; returns the (n_items,) losses (detached, on the host). An out-of-memory error halves the
+        micro-batch (down to one slice, where it propagates) and redoes the whole batch."""
+        n_items = len(batch.items)
+        while True:
+            self.optimizer.zero_grad(set_to_none=True)
+            losses = torch.zeros(n_items)
+            try:
+                for part, index in batch.micro_batches(self.micro_batch):
+                    part_losses = self.batch_losses(part, [prompt_choice[i] for i in index.tolist()])
+                    (part_losses.sum() / n_items).backward()
+                    losses[index] = part_losses.detach().float().cpu()
+                return losses
+            except torch.OutOfMemoryError:
+                if self.micro_batch == 1:
+                    raise
+                self.micro_batch = max(1, self.micro_batch // 2)
+                self.events.append({"step": self.step_count, "event": "out_of_memory",
+                                    "micro_batch": self.micro_batch})
+                logger.warning("out of memory at step %d; micro-batch now %d slices", self.step_count,
+                               self.micro_batch)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
 
     def step(self, batch: Batch | None = None) -> float:
         """One optimiser step (on ``batch``, else the sampler's next); returns its loss."""
@@ -255,15 +347,12 @@ class Trainer:
         batch = self.next_batch() if batch is None else batch
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step_count)
-        losses = self.batch_losses(batch)
-        loss = losses.mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses = self.accumulate(batch, self.draw_prompts(batch))
         torch.nn.utils.clip_grad_norm_(self.trainable, s.grad_clip)
         self.optimizer.step()
-        self.sampler.record(batch.items, losses.detach().cpu().numpy())
+        self.sampler.record(batch.items, losses.numpy())
         self.step_count += 1
-        return float(loss.detach())
+        return float(losses.mean())
 
     # --- the run -----------------------------------------------------------------------------------------------------
 
@@ -354,6 +443,8 @@ class Trainer:
             "best": {"epoch": self.best_epoch, "step": self.best_epoch * self.settings.epoch_steps,
                      "validation": self.best_metrics},
             "history": self.history,
+            "events": self.events,
+            "micro_batch": self.micro_batch,
             "train_seconds": round(self.seconds, 1),
             "software": {"torch": torch.__version__, "python": platform.python_version(),
                          "threads": torch.get_num_threads(), "device": self.device},
@@ -376,7 +467,8 @@ class Trainer:
         np.savez(tmp / "sampler.npz", **self.sampler.state_dict())
         state = {"step": self.step_count, "best": self.best, "best_epoch": self.best_epoch,
                  "best_metrics": self.best_metrics, "history": self.history, "seconds": self.seconds,
-                 "rng": self.rng.bit_generator.state, "settings": self.settings.to_json()}
+                 "rng": self.rng.bit_generator.state, "settings": self.settings.to_json(),
+                 "micro_batch": self.micro_batch, "events": self.events}
         (tmp / "state.json").write_text(json.dumps(state, default=str) + "\n", encoding="utf-8")
         if folder.exists():
             shutil.rmtree(folder)
@@ -403,5 +495,6 @@ class Trainer:
         self.rng.bit_generator.state = state["rng"]
         self.step_count, self.best, self.best_epoch = state["step"], state["best"], state["best_epoch"]
         self.best_metrics, self.history, self.seconds = state["best_metrics"], state["history"], state["seconds"]
+        self.micro_batch, self.events = state["micro_batch"], state["events"]
         logger.info("resumed %s at step %d", self.out_dir, self.step_count)
 

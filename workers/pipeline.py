@@ -77,13 +77,11 @@ def load_engine(model_dir: Path, adapter_dir: Path | None = None, device: str = 
 
     Raises ``model.sam3.ModelLoadError`` for a missing or mismatched model. Never downloads anything.
     """
-    import torch
-
     from model.network import Sam3SliceNetwork
     from model.predictor import PredictorSettings, SlicePredictor
-    from model.sam3 import load_sam3
+    from model.sam3 import inference_dtype, load_sam3
 
-    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    dtype = inference_dtype(device)
     loaded = load_sam3(model_dir, adapter_dir=adapter_dir, device=device, dtype=dtype)
     predictor = SlicePredictor(Sam3SliceNetwork.from_loaded(loaded),
                                PredictorSettings(batch_size=batch_size, device=str(device), dtype=dtype))

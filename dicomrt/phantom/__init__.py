@@ -8,7 +8,7 @@ is end-inhale, 50 % end-exhale. Synthetic phantom, not patient data.
 
 from dicomrt.phantom.artifacts import ArtifactRecord
 from dicomrt.phantom.config import Artifact, Compression, PhantomConfig, PhantomSize, VendorStyle
-from dicomrt.phantom.generate import STRUCTURES, Phantom4D, TumourInfo, generate_phantom
+from dicomrt.phantom.generate import STRUCTURES, Phantom4D, TumourInfo, generate_phantom, slab
 from dicomrt.phantom.writer import PhantomFiles, VolumeFiles, pixel_encoding, series_description, write_phantom
 
 __all__ = [
@@ -26,5 +26,6 @@ __all__ = [
     "generate_phantom",
     "pixel_encoding",
     "series_description",
+    "slab",
     "write_phantom",
 ]

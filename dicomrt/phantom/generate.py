@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -189,6 +189,30 @@ def generate_phantom(config: PhantomConfig) -> Phantom4D:
         array.setflags(write=False)
     logger.info("phantom seed %d (%s): tumour %s, %.0f mm", config.seed, config.size.value, site.name, diameter)
     return Phantom4D(config, percents, hu, truth, geometry, itv, centroids, info, anatomy.motion, artifacts)
+
+
+def slab(phantom: Phantom4D, slices: int, step: int = 1) -> Phantom4D:
+    """A thin phantom for the full-size model on a CPU: ``slices`` axial slices through the tumour's mean centre,
+    every ``step``-th voxel in-plane, in the same patient space (the affine moved to the first kept voxel and scaled
+    by ``step``) with the truth and the ITV cropped alike; ``tumour_centroids_mm`` and the motion stay those of the
+    whole tumour."""
+    if not 1 <= slices <= phantom.hu.shape[1] or step < 1:
+        raise ValueError(f"slices must be 1..{phantom.hu.shape[1]} and step at least 1, got {slices} and {step}")
+    z_centre = int(np.round(np.nonzero(phantom.itv.any(axis=(1, 2)))[0].mean()))
+    z0 = max(0, min(phantom.hu.shape[1] - slices, z_centre - slices // 2))
+    keep = (slice(None), slice(z0, z0 + slices), slice(None, None, step), slice(None, None, step))
+    affine = np.array(phantom.geometry.affine)
+    affine[:3, 3] += z0 * affine[:3, 0]
+    affine[:3, 1:3] *= step
+    hu = np.ascontiguousarray(phantom.hu[keep])
+    geometry = Geometry(affine, hu.shape[1:], phantom.geometry.frame_of_reference_uid,
+                        phantom.geometry.sop_instance_uids[z0:z0 + slices])
+    truth = {name: np.ascontiguousarray(mask[keep]) for name, mask in phantom.truth.items()}
+    for array in (hu, *truth.values()):
+        array.setflags(write=False)
+    itv = truth["GTV"].any(axis=0)
+    itv.setflags(write=False)
+    return replace(phantom, hu=hu, truth=truth, geometry=geometry, itv=itv)
 
 
 def _centroid(geometry: Geometry, mask: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from dicomrt.phantom import (
     generate_phantom,
     pixel_encoding,
     series_description,
+    slab,
     write_phantom,
 )
 from dicomrt.phantom.breathing import breathing_curve
@@ -458,3 +459,19 @@ def test_refuses_to_overwrite_truth_and_bad_choices(phantom, tmp_path) -> None:
         write_phantom(phantom, tmp_path / "x", vendor="siemens")
     with pytest.raises(ValueError, match="compression must be one of"):
         write_phantom(phantom, tmp_path / "y", vendor="desc-t", compression="zip")
+
+
+def test_a_slab_keeps_patient_space_and_the_truth(phantom) -> None:
+    thin = slab(phantom, slices=4, step=2)
+    assert thin.hu.shape == (phantom.hu.shape[0], 4, 64, 64) and thin.geometry.shape == (4, 64, 64)
+    z0 = int(np.argmin(np.abs(phantom.geometry.slice_positions[:, 2] - thin.geometry.slice_positions[0, 2])))
+    np.testing.assert_array_equal(thin.hu, phantom.hu[:, z0:z0 + 4, ::2, ::2])
+    for name, mask in thin.truth.items():
+        np.testing.assert_array_equal(mask, phantom.truth[name][:, z0:z0 + 4, ::2, ::2])
+    corner = np.array([[3, 5, 7]])  # a voxel of the slab lies where the phantom's voxel (z0 + 3, 10, 14) lies
+    np.testing.assert_allclose(thin.geometry.index_to_patient(corner),
+                               phantom.geometry.index_to_patient(np.array([[z0 + 3, 10, 14]])))
+    assert thin.geometry.sop_instance_uids == phantom.geometry.sop_instance_uids[z0:z0 + 4]
+    assert thin.itv.any() and np.array_equal(thin.itv, thin.truth["GTV"].any(axis=0))
+    with pytest.raises(ValueError, match="slices must be 1..44"):
+        slab(phantom, slices=0)

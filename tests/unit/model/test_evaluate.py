@@ -31,8 +31,9 @@ class _Stub:
     def __init__(self, volumes: list[np.ndarray]) -> None:
         self.volumes = list(volumes)
 
-    def predict(self, volume_hu, structures, progress=None):
-        return {"GTV": _Prediction(self.volumes.pop(0))}
+    def predict_volumes(self, volumes_hu, structures, progress=None):
+        for k, _ in enumerate(volumes_hu):
+            yield k, {"GTV": _Prediction(self.volumes.pop(0))}
 
 
 def _box(z: slice, y: slice, x: slice) -> np.ndarray:

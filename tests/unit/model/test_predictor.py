@@ -85,6 +85,34 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_smaller_size() -> None:
     np.testing.assert_allclose(result["L"].probability, reference["L"].probability, atol=1e-6)
 
 
+def test_phases_stream_in_full_batches_across_their_boundaries() -> None:
+    network = StubNetwork()
+    progress: list[tuple[int, int]] = []
+    predictor = SlicePredictor(network, PredictorSettings(batch_size=4))
+    phases = [_volume(5), _volume(5), _volume(3)]
+    phases[1][:, 5:15, 6:18] = -1000  # the second phase has no lung: its maps must not leak into its neighbours
+    stream = predictor.predict_volumes(phases, {"L": ["lung"]}, progress=lambda d, t: progress.append((d, t)))
+    done = []
+    for k, prediction in stream:
+        done.append((k, len(network.encoded)))  # which batch completed each phase
+        reference = SlicePredictor(StubNetwork(), PredictorSettings(batch_size=1)).predict(phases[k], {"L": ["lung"]})
+        np.testing.assert_allclose(prediction["L"].probability, reference["L"].probability, atol=1e-6)
+        assert prediction["L"].probability.shape == phases[k].shape
+    assert network.encoded == [4, 4, 4, 1]  # 13 slices in full batches, not 4+1, 4+1, 3
+    assert network.prompt_calls == [["lung"]]
+    assert done == [(0, 2), (1, 3), (2, 4)]  # each phase as soon as its last slice was decoded
+    assert progress == [(4, 13), (8, 13), (12, 13), (13, 13)]
+
+
+def test_a_batch_never_mixes_slice_shapes() -> None:
+    network = StubNetwork()
+    wide = np.full((2, 20, 30), -1000, dtype=np.int16)
+    results = dict(SlicePredictor(network, PredictorSettings(batch_size=4)).predict_volumes(
+        [_volume(3), wide], {"L": ["lung"]}))
+    assert network.encoded == [3, 2]
+    assert results[0]["L"].probability.shape == (3, 20, 24) and results[1]["L"].probability.shape == (2, 20, 30)
+
+
 def test_out_of_memory_at_batch_one_propagates() -> None:
     predictor = SlicePredictor(StubNetwork(oom_above=0), PredictorSettings(batch_size=4))
     with pytest.raises(torch.OutOfMemoryError, match="do not fit"):

@@ -31,11 +31,15 @@ class TruthPredictor:
 
     def __init__(self, truth: dict[str, np.ndarray]) -> None:
         self.truth = truth
-        self.calls = 0
 
-    def predict(self, volume_hu, prompts, progress=None):
-        k = self.calls
-        self.calls += 1
+    def predict_volumes(self, volumes_hu, prompts, progress=None):
+        total = sum(len(v) for v in volumes_hu)
+        for k, volume in enumerate(volumes_hu):
+            yield k, self.predict(k, volume, prompts)
+            if progress is not None:
+                progress(sum(len(v) for v in volumes_hu[:k + 1]), total)
+
+    def predict(self, k, volume_hu, prompts):
         gtv = np.where(self.truth["GTV"][k], 0.9, 0.0).astype(np.float32)
         if k == DROPPED_PHASE:
             gtv[:] = 0.0
@@ -44,8 +48,6 @@ class TruthPredictor:
             gtv[30:33, 110:113, 110:113] = 0.9
         probabilities = {"GTV": gtv, "Lung_L": np.where(self.truth["Lung_L"][k], 0.45, 0.0),
                          "Heart": np.where(self.truth["Heart"][k], 0.55, 0.0)}
-        if progress is not None:
-            progress(volume_hu.shape[0], volume_hu.shape[0])
         return {name: SimpleNamespace(probability=probabilities[name]) for name in prompts}
 
 
