@@ -10,8 +10,10 @@ a cosine down to 10 %. Gradients are clipped to ``grad_clip``.
 What makes the official architecture (840 M parameters, 1008 px: 5,184 tokens per slice through 32 ViT layers) fit
 one consumer GPU, measured by ``bench/bench_training_memory.py`` (its figures are in the README):
 
-- activation checkpointing of the ViT layers (``checkpointing``): each ``Sam3ViTLayer`` keeps only its input and
-  recomputes the rest in the backward pass (``checkpoint_vit_layers``);
+- activation checkpointing (``checkpointing``): each ``Sam3ViTLayer`` keeps only its input and recomputes the rest
+  in the backward pass (``checkpoint_vit_layers``), and each item is decoded and scored (DETR encoder and decoder,
+  mask decoder at a quarter of the input size, the loss on its 200 query masks) inside a checkpoint of its own, so
+  the backward pass holds one item's decoder activations at a time instead of every item's;
 - the prompts' text embeddings computed once per run in LoRA mode (``cache_text``): the text encoder (354 M
   parameters) and its projection are frozen there, so a CLIP forward per step would give the same embeddings;
 - micro-batches (``micro_batch`` slices per forward, gradients accumulated, so a step is still ``slices`` slices and
@@ -82,8 +84,8 @@ class TrainSettings:
     ``label``: written to ``itvsam_model.json`` of a full-training result (e.g. that it is a phantom model).
     Memory (module docstring): ``micro_batch`` slices per forward (None: one in LoRA mode, which is what fits the
     official architecture at 1008 px on a 24 GB GPU; all ``slices`` at once in full mode, the tiny architecture),
-    ``checkpointing`` of the ViT layers, ``cache_text`` (LoRA mode only: the text encoder is frozen there), ``bf16`` autocast (None: on
-    CUDA only).
+    ``checkpointing`` (the ViT layers and each item's decoding), ``cache_text`` (LoRA mode only: the text encoder is
+    frozen there), ``bf16`` autocast (None: on CUDA only).
     """
 
     mode: TrainMode = TrainMode.LORA
@@ -168,17 +170,17 @@ def encode_text(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prom
     return features.pooler_output, tokens["attention_mask"]
 
 
-def forward_items(model: torch.nn.Module, images: torch.Tensor, slice_of: torch.Tensor, text: torch.Tensor,
-                  attention_mask: torch.Tensor) -> Any:
-    """Sam3Model outputs for items = (slice, prompt) pairs, the image encoder run once per slice.
+def decode_items(model: torch.nn.Module, vision: Any, slice_of: torch.Tensor, text: torch.Tensor,
+                 attention_mask: torch.Tensor) -> Any:
+    """Sam3Model outputs for items = (slice, prompt) pairs on encoded slices.
 
-    ``images``: (n_slices, 3, S, S); ``slice_of``: (n_items,) long; ``text``: (n_items, T, hidden) projected text
-    features (``encode_text``); ``attention_mask``: (n_items, T).
+    ``vision``: the image encoder's output for the slices (``get_vision_features``, once per slice); ``slice_of``:
+    (n_items,) long; ``text``: (n_items, T, hidden) projected text features (``encode_text``); ``attention_mask``:
+    (n_items, T).
     """
     from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
-    vision = model.get_vision_features(pixel_values=images)
-    index = slice_of.to(images.device)
+    index = slice_of.to(vision.last_hidden_state.device)
     picked = Sam3VisionEncoderOutput(
         last_hidden_state=vision.last_hidden_state[index],
         fpn_hidden_states=tuple(h[index] for h in vision.fpn_hidden_states),
@@ -306,15 +308,28 @@ class Trainer:
         prompt = [int(self.first_prompt[k]) + c for k, c in zip(batch.structure.tolist(), prompt_choice, strict=True)]
         images = ct_to_images(batch.hu, self.spec, device=self.device)
         with self.autocast():
+            vision = self.model.get_vision_features(pixel_values=images)
             if self.text_cache is None:
                 text, mask = encode_text(self.model, self.tokenizer, [self.prompts[i] for i in prompt], self.device)
             else:
                 rows = torch.tensor(prompt, device=self.text_cache[0].device)
                 text, mask = self.text_cache[0][rows], self.text_cache[1][rows]
-            out = forward_items(self.model, images, batch.slice_of, text, mask)
-        targets = masks_to_model_grid(batch.targets, out.semantic_seg.shape[-1], device=self.device)
-        return item_losses(out.semantic_seg, out.pred_masks, out.pred_logits, out.presence_logits, targets,
-                           batch.present.to(self.device), self.settings.loss)
+        mask_size = vision.fpn_hidden_states[0].shape[-1]  # the mask decoder's grid: the finest FPN level
+        targets = masks_to_model_grid(batch.targets, mask_size, device=self.device)
+        present = batch.present.to(self.device)
+        if not self.settings.checkpointing:
+            return self.score_items(vision, batch.slice_of, text, mask, targets, present)
+        return torch.cat([checkpoint(self.score_items, vision, batch.slice_of[i:i + 1], text[i:i + 1],
+                                     mask[i:i + 1], targets[i:i + 1], present[i:i + 1], use_reentrant=False)
+                          for i in range(len(prompt))])
+
+    def score_items(self, vision: Any, slice_of: torch.Tensor, text: torch.Tensor, mask: torch.Tensor,
+                    targets: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """(n_items,) losses of items decoded on encoded slices (``decode_items``; the loss outside autocast)."""
+        with self.autocast():
+            out = decode_items(self.model, vision, slice_of, text, mask)
+        return item_losses(out.semantic_seg, out.pred_masks, out.pred_logits, out.presence_logits, targets, present,
+                           self.settings.loss)
 
     def accumulate(self, batch: Batch, prompt_choice: Sequence[int]) -> torch.Tensor:
         """Forward and backward of ``batch`` in micro-batches of ``self.micro_batch`` slices, leaving the gradient of
