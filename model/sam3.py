@@ -163,9 +163,9 @@ def image_spec_for(model: Sam3Model, model_dir: str | Path) -> ImageSpec:
 
 
 @contextmanager
-def _without_loading_bar() -> Iterator[None]:
-    """transformers' own "Loading weights" bar off (it interleaves with our progress and fills worker logs with
-    ``celery.redirected`` warnings); the callers show the load in their own progress."""
+def without_progress_bars() -> Iterator[None]:
+    """transformers' own "Loading weights" / "Writing model shards" bars off (they interleave with our progress and
+    fill worker logs with ``celery.redirected`` warnings); the callers show the work in their own progress."""
     enabled = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()
     try:
@@ -178,7 +178,7 @@ def _without_loading_bar() -> Iterator[None]:
 def load_base_model(model_dir: str | Path) -> Sam3Model:
     """``Sam3Model`` in float32 from a snapshot directory, refusing missing, unexpected or mis-shaped weights."""
     path = check_model_dir(model_dir)
-    with _without_loading_bar():
+    with without_progress_bars():
         model, info = Sam3Model.from_pretrained(path, local_files_only=True, use_safetensors=True,
                                                 output_loading_info=True, dtype=torch.float32)
     problems = {k: sorted(info.get(k) or ()) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
@@ -237,7 +237,8 @@ def merge(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) ->
     merged = load_adapter(load_base_model(base), adapter).merge_and_unload()
     merged.config.architectures = ["Sam3Model"]
     out.mkdir(parents=True, exist_ok=True)  # empty or new: checked above
-    merged.save_pretrained(out, safe_serialization=True)
+    with without_progress_bars():
+        merged.save_pretrained(out, safe_serialization=True)
     for name in (*TOKENIZER_FILES, *PROCESSOR_FILES, MODEL_LABEL):
         if (base / name).is_file():
             shutil.copy2(base / name, out / name)

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import Sam3Model
 
-from model.sam3 import MODEL_LABEL, TOKENIZER_FILES, check_model_dir
+from model.sam3 import MODEL_LABEL, TOKENIZER_FILES, check_model_dir, without_progress_bars
 from model.tiny import tiny_config, write_processor_config, write_tiny_tokenizer  # the phantom model's architecture
 
 
@@ -33,7 +33,8 @@ def init_model_dir(out_dir: str | Path, *, image_size: int = 224, seed: int = 0)
         model = Sam3Model(config)
     finally:
         torch.random.set_rng_state(state)
-    model.save_pretrained(out, safe_serialization=True)
+    with without_progress_bars():
+        model.save_pretrained(out, safe_serialization=True)
     write_processor_config(out, image_size, image_size * 4 // 14)
     return out
 
@@ -63,6 +64,7 @@ def resize_model_dir(model_dir: str | Path, out_dir: str | Path, *, image_size: 
     if missing or unexpected:
         raise ValueError(f"{source} is not a tiny-architecture SAM 3: missing {sorted(missing)[:3]}, unexpected "
                          f"{sorted(unexpected)[:3]}")
-    model.save_pretrained(out, safe_serialization=True)
+    with without_progress_bars():
+        model.save_pretrained(out, safe_serialization=True)
     write_processor_config(out, image_size, image_size * 4 // 14)
     return out

@@ -61,7 +61,14 @@ from model.losses import LossSettings, item_losses
 from model.metrics import dice, hd95
 from model.mining import HardNegativeSampler, MiningSettings
 from model.preprocess import TEXT_MAX_LENGTH, ImageSpec, ct_to_images, masks_to_model_grid
-from model.sam3 import MODEL_LABEL, PROCESSOR_FILES, TOKENIZER_FILES, image_spec_for, load_base_model
+from model.sam3 import (
+    MODEL_LABEL,
+    PROCESSOR_FILES,
+    TOKENIZER_FILES,
+    image_spec_for,
+    load_base_model,
+    without_progress_bars,
+)
 from model.samples import AugmentSettings, Batch, SampleIndex, make_batch
 
 logger = logging.getLogger(__name__)
@@ -430,7 +437,8 @@ class Trainer:
             save_adapter(self.model, best)
         else:
             self.model.config.architectures = ["Sam3Model"]
-            self.model.save_pretrained(best, safe_serialization=True)
+            with without_progress_bars():
+                self.model.save_pretrained(best, safe_serialization=True)
             for name in TOKENIZER_FILES + PROCESSOR_FILES:
                 if (self.model_dir / name).is_file():
                     shutil.copy2(self.model_dir / name, best / name)
