@@ -1,5 +1,5 @@
-"""Engine commands (SAM 3): ``run``, ``merge``, ``train``, ``eval``, ``demo``, ``check-model``. Torch and the model
-are imported by the command that needs them, so the other groups start without them."""
+"""Engine commands (SAM 3): ``run``, ``merge``, ``train``, ``eval``, ``demo``. Torch and the model are imported by
+the command that needs them, so the other groups start without them."""
 
 from __future__ import annotations
 
@@ -342,43 +342,3 @@ def demo(
 
 
 
-
-@app.command(name="check-model")
-def check_model_command(
-    model: Annotated[Path, typer.Argument(help="SAM 3 model directory (official snapshot, converted or merged).")],
-    adapter: Annotated[Path | None, typer.Option(help="LoRA adapter (peft) merged on load.")] = None,
-    template: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
-                                                  help="Site template (YAML/JSON); default: thoracic.")] = None,
-    device: Annotated[Device, typer.Option(help="Compute device (cuda: bf16, as the worker runs).")] = Device.CPU,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
-) -> None:
-    """Commission a model: load it as the worker does, print its identity and figures, time one slice."""
-    from model.check import check_model
-    from model.sam3 import ModelLoadError
-
-    torch_threads(threads)
-    try:
-        specs = load_template(template) if template else thoracic_template()
-    except RTError as exc:
-        raise fail(EXIT_REFUSED, exc.code, str(exc)) from None
-    try:
-        with errors.status(f"loading {escape(str(model))} and timing one slice", spinner="dots"):
-            found = check_model(model, specs, adapter_dir=adapter, device=device.value)
-    except (ModelLoadError, OSError, ValueError) as exc:
-        raise fail(EXIT_MODEL, "model_unavailable", str(exc)) from None
-    identity = found.identity
-    table = Table(title=f"SAM 3 model {identity.short}", show_header=False)
-    table.add_column("what")
-    table.add_column("value", overflow="fold")
-    rows = [("label", identity.label or "(none)"), ("config sha256", identity.config_sha256),
-            ("weights sha256", identity.weights_sha256), ("adapter sha256", identity.adapter_sha256 or "(none)"),
-            ("parameters", f"{found.parameters:,}"), ("dtype / device", f"{found.dtype} on {found.device}"),
-            ("input size", f"{found.image_size} px"), ("load", f"{found.load_s:.1f} s"),
-            ("one slice", f"{found.slice_s * 1000:.0f} ms ({len(specs)} structures, 512 x 512)"),
-            ("peak memory", f"{found.peak_memory_bytes / (1 << 30):.2f} GiB ({found.memory_measure})")]
-    thresholds = identity.thresholds or {}
-    rows += [(f"threshold {name}", f"{thresholds[name]:g}" if name in thresholds else "0.5 (not calibrated)")
-             for name in (s.name for s in specs)]
-    for key, value in rows:
-        table.add_row(key, escape(value))
-    console.print(table)

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import Sam3VideoConfig, Sam3VideoModel
 
+from model.sam3 import share_files
 from model.tiny import random_tensor, write_processor_config, write_tiny_tokenizer
 
 FULL_IMAGE_SIZE = 1008
@@ -90,4 +91,5 @@ def write_full_checkpoint(out_dir: str | Path, *, image_size: int = FULL_IMAGE_S
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     write_processor_config(out, image_size, image_size * 4 // 14)
+    share_files(out)
     return out

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -189,6 +190,19 @@ def load_base_model(model_dir: str | Path) -> Sam3Model:
     return model.eval()
 
 
+def share_files(directory: str | Path) -> None:
+    """Give every file in ``directory`` the mode the process's umask gives new files (0644 under the usual 022).
+
+    safetensors 0.8 writes its files 0600 (a private temporary file, renamed), so a model directory written by one
+    user (``merge``, ``convert``, ``train``) could not be read by a worker that runs as another (a container's user).
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in Path(directory).iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
 def inference_dtype(device: torch.device | str) -> torch.dtype:
     """What inference runs in on ``device``: bf16 on CUDA, float32 elsewhere."""
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
@@ -248,6 +262,7 @@ def merge(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) ->
               "base_weights_sha256": base_identity.weights_sha256,
               "adapter_sha256": adapter_sha256(adapter)}
     (out / MERGE_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    share_files(out)
     identity = model_identity(out)
     logger.info("merged adapter %s into %s → %s", record["adapter_sha256"][:12], base.name, identity.short)
     return identity

@@ -67,6 +67,7 @@ from model.sam3 import (
     TOKENIZER_FILES,
     image_spec_for,
     load_base_model,
+    share_files,
     without_progress_bars,
 )
 from model.samples import AugmentSettings, Batch, SampleIndex, make_batch
@@ -450,6 +451,7 @@ class Trainer:
                                             "dice_at_default": m["dice"]}
                                      for name, m in metrics.items() if name != "mean"}, len(self.val_volumes))
         (best / RECORD).write_text(json.dumps(self.record(), indent=2, default=str) + "\n", encoding="utf-8")
+        share_files(best)
 
     def record(self) -> dict[str, Any]:
         return {

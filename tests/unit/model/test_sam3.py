@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -128,6 +129,10 @@ def test_lora_apply_merge_save_reload_gives_identical_outputs(tiny_dir: Path, tm
     assert reloaded.identity == identity and identity.merged_from is not None
     assert identity.merged_from["adapter_sha256"] == via_adapter.identity.adapter_sha256
     assert identity.merged_from["base_weights_sha256"] == model_identity(tiny_dir).weights_sha256
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "merged").iterdir()}
+    assert modes["model.safetensors"] == 0o666 & ~umask, modes  # a worker running as another user can read it
     assert via_adapter.identity.short != model_identity(tiny_dir).short
     assert identity.thresholds == via_adapter.identity.thresholds == {"Heart": 0.45}  # merge carries the calibration
     with pytest.raises(FileExistsError, match="not empty"):
