@@ -2,10 +2,14 @@
 queue (worker heartbeats and "job is in the queue" markers).
 
 Redis is only the queue: everything here can be lost (a Redis restart without persistence) and is rebuilt. A job's
-marker lives in the same Redis as its message, so both survive or both vanish; ``requeue_lost`` (run periodically
-by the gateway) sends again every queued job without a marker, and every running job whose worker's lease ran out
-while no message is left for it. Workers skip a message for a job that is finished or held by a live lease, so a
-message sent twice never runs a job twice.
+marker lives in the same Redis as its message, so both survive or both vanish; it holds the time its message was
+sent. ``requeue_lost`` (run periodically by the gateway) sends again every queued job without a marker, and every
+running job whose worker's lease ran out, unless its marker is younger than that expiry: a marker older than the
+expiry belongs to the message the dead worker held, which sits in Celery's ``unacked`` set until the visibility
+timeout (two hours: above the longest job) when a whole worker dies, so waiting for it would leave the job
+``running`` that long. Workers skip a message for a job that is finished or held by a live lease, so a message sent
+twice (the old one coming back after the visibility timeout) never runs a job twice. A job whose worker died is thus
+run again within about the lease plus the gateway's maintenance interval.
 """
 
 from __future__ import annotations
@@ -113,14 +117,42 @@ class JobQueue:
         now = time.time() if now is None else now
         sent = []
         for manifest in store.manifests():
-            lost_queued = manifest.state is JobState.QUEUED
-            lost_running = manifest.state is JobState.RUNNING and (manifest.lease_expires_at or 0.0) < now
-            if (lost_queued or lost_running) and not self.client.exists(marker_key(manifest.id)) \
-                    and self.enqueue(manifest.id):
-                logger.warning("job %s (%s) had no message in the queue: sent again", manifest.id,
+            expired = manifest.state is JobState.RUNNING and (manifest.lease_expires_at or 0.0) < now
+            if manifest.state is not JobState.QUEUED and not expired:
+                continue
+            marker = self.client.get(marker_key(manifest.id))
+            if marker is None:
+                resent = self.enqueue(manifest.id)
+            elif expired and float(marker) < (manifest.lease_expires_at or 0.0):
+                resent = self._replace(manifest.id, marker)
+            else:
+                continue
+            if resent:
+                logger.warning("job %s (%s) had no live message in the queue: sent again", manifest.id,
                                manifest.state.value)
                 sent.append(manifest.id)
         return sent
+
+    def _replace(self, job_id: str, stale: bytes) -> bool:
+        """Send a new message for a job whose marker is still ``stale`` (compare-and-set, so that of several
+        gateways running the maintenance at once only one sends)."""
+        key = marker_key(job_id)
+        with self.client.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                if pipe.get(key) != stale:
+                    return False
+                pipe.multi()
+                pipe.set(key, str(time.time()))
+                pipe.execute()
+            except redis.WatchError:
+                return False
+        try:
+            self._send(job_id)
+        except BaseException:
+            self.client.delete(key)
+            raise
+        return True
 
 
 def celery_config(settings: CommonSettings) -> dict[str, Any]:

@@ -10,6 +10,7 @@ a 4-slice, 64² slab of the small phantom (10 phases).
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from safetensors import safe_open
@@ -36,7 +37,8 @@ def full(tmp_path_factory):
     model = write_full_checkpoint(root / "sam3", image_size=IMAGE_SIZE)
     write_phantom(slab(generate_phantom(PhantomConfig(seed=4)), slices=4, step=2), root / "data" / "slab",
                   vendor="desc-t")
-    return root, model
+    yield root, model
+    shutil.rmtree(root)  # 1.7 GB of random weights, and the merged copy: pytest would keep them for three sessions
 
 
 def test_the_official_layout_is_what_users_download(full) -> None:
@@ -63,10 +65,11 @@ def test_check_model_loads_it_and_times_a_slice(full) -> None:
     assert "0.5 (not calibrated)" in result.output
 
 
-def test_run_train_merge_eval_and_the_worker_on_the_full_architecture(full, tmp_path) -> None:
+def test_run_train_merge_eval_and_the_worker_on_the_full_architecture(full) -> None:
     from workers.pipeline import load_engine
 
     root, model = full
+    tmp_path = root / "work"
     study = root / "data" / "slab" / "dicom"
     out = tmp_path / "run"
     result = invoke("run", study, "-o", out, "--model", model)
