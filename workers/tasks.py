@@ -192,7 +192,12 @@ def _record_stage_seconds(store: JobStore, job_id: str, seconds: dict[str, float
     store.update(job_id, change)
 
 
-@celery_app.task(name=TASK_NAME, bind=True)
+# Refusals of the input: recorded on the job as failed with their code, raised so that Celery counts the task as
+# failed, and logged by Celery as expected ("raised expected", no traceback) instead of as a crash.
+REFUSALS = (StudyError, RTError, InvalidOptionsError)
+
+
+@celery_app.task(name=TASK_NAME, bind=True, throws=REFUSALS)
 def run_job(self: Task, job_id: str) -> str:
     """Run job ``job_id`` from the job store; returns what happened ("succeeded", "skipped: ...")."""
     settings = get_worker_settings()

@@ -10,7 +10,11 @@ A study is *ready* when the reader (``scan_study``) accepts a snapshot of its fi
 refused by it (missing phases or slices) and waited for. When ``idle_timeout_s`` passes without an instance and the
 reader still refuses the study, the refusal is recorded as a failed job with the reader's code and message. After
 that, the study's instances are kept for ``keep_s``: instances that arrive late are recorded on its job and, if they
-change the study's content and ``rerun_on_change``, a new job is made of the changed study.
+change the study's content and ``rerun_on_change``, a new job is made of the changed study. Late instances go through
+the same decision as the first ones: a study they make acceptable becomes a job (a refused study completed later
+included), one the reader still refuses is recorded as a late arrival at the idle timeout. Every version of a study
+thus ends in a job, a recorded late arrival or a recorded refusal, and a study whose every instance is accounted for
+is removed from ``incoming/`` after ``keep_s``.
 
 Received values (UIDs, AE titles) never name a path. A snapshot is a folder of hard links to the study's files, so
 that a job's input does not change when a late instance replaces a file.
@@ -96,6 +100,7 @@ class _Study:
     job_id: str | None = None  # the job made of it (or the refusal recorded)
     job_hash: str | None = None  # content hash of that job's input
     late: int = 0  # instances since the job was made
+    decided: int = -1  # the version last accounted for (a job made, a refusal or a late arrival recorded)
 
     def content_hash(self) -> str:
         return hashlib.sha256("\n".join(sorted(f.digest for f in self.files.values())).encode()).hexdigest()
@@ -185,7 +190,7 @@ class StudyCollector:
     def _consider(self, uid: str, study: _Study) -> None:
         now = self._clock()
         quiet = now - study.last_at
-        if study.job_id is not None and study.version == study.scanned:
+        if study.version == study.decided:  # every instance received is accounted for
             if quiet > self.config.keep_s:
                 self._forget(uid, study)
             return
@@ -202,12 +207,14 @@ class StudyCollector:
                 study.scanned, study.error = version, exc
                 if idle:
                     self._decide_refused(study, received, exc)
+                    study.decided = version
                 else:
                     logger.info("study %s: not ready after %d instances (%s); waiting", study.uid_hash,
                                 received.files, exc.code)
                 return
             study.scanned, study.error = version, None
             self._decide_ready(study, received, index)
+            study.decided = version
         finally:
             shutil.rmtree(snapshot, ignore_errors=True)
 
@@ -256,7 +263,7 @@ class StudyCollector:
 
     def _forget(self, uid: str, study: _Study) -> None:
         with self._lock:
-            if self._studies.get(uid) is study and study.version == study.scanned:
+            if self._studies.get(uid) is study and study.version == study.decided:
                 del self._studies[uid]
         shutil.rmtree(study.folder, ignore_errors=True)
         logger.info("study %s: instances of job %s removed after %g s", study.uid_hash, study.job_id,

@@ -5,7 +5,8 @@
   2) within the lease plus the maintenance interval, and once;
 - restart Redis (without persistence: its queue is lost) and the gateway while one job runs and another waits: the
   manifests still hold both, the gateway sends the lost one again, both succeed, each run once;
-- a job that kills its worker process every time fails with ``worker_lost`` after ``max_attempts`` (2) runs.
+- a job that kills its worker process every time fails with ``worker_lost`` after ``max_attempts`` (2) runs;
+- a study the worker's reader refuses fails with the reader's code, once, logged as a refusal (no traceback).
 """
 
 from __future__ import annotations
@@ -131,3 +132,16 @@ def test_a_job_that_kills_its_worker_every_time_fails_after_bounded_attempts(sta
     assert procs["crasher"].alive()  # the worker itself survives (its pool replaces the killed process)
     depth = httpx.get(f"http://127.0.0.1:{stack['port']}/metrics").text
     assert "itvsam_queue_depth 0.0" in depth
+
+
+def test_a_refusal_in_the_worker_fails_the_job_once_and_is_logged_as_a_refusal(stack, inputs):
+    client, procs = stack["client"], stack["procs"]
+    env = {**stack["env"], "ITVSAM_TEST_FAULT": "refuse"}
+    procs["refuser"] = start_worker(env, stack["tmp"] / "refuser.log", app="tests.support.service_worker")
+    job_id = submit(client, inputs["zip"])
+    done = finished(client, job_id, 150)
+    assert done["state"] == "failed" and done["attempts"] == 1, done
+    assert done["error"]["code"] == "undecodable_pixel_data"
+    wait_for("the task's end in the log", lambda: "raised expected" in (stack["tmp"] / "refuser.log").read_text(), 10)
+    log = (stack["tmp"] / "refuser.log").read_text()
+    assert "raised unexpected" not in log and "Traceback" not in log, log[-3000:]

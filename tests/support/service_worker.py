@@ -1,7 +1,9 @@
 """The real worker app for ``celery -A tests.support.service_worker worker``, with a fault injected by the test:
 
 ``ITVSAM_TEST_FAULT=crash``: every run of a job kills its worker process (SIGKILL, as the kernel's OOM killer would),
-after the job was claimed. Only the tests use this module; the service has no fault hooks of its own.
+after the job was claimed. ``ITVSAM_TEST_FAULT=refuse``: the pipeline refuses every study as the reader refuses a bad
+one (a ``StudyError``), after the job was claimed. Only the tests use this module; the service has no fault hooks of
+its own.
 """
 
 from __future__ import annotations
@@ -18,5 +20,14 @@ if os.environ.get("ITVSAM_TEST_FAULT") == "crash":
         raise AssertionError("unreachable")
 
     tasks._run_claimed = _crash
+
+if os.environ.get("ITVSAM_TEST_FAULT") == "refuse":
+    from dicomrt.errors import PixelDecodeError
+    from workers import pipeline
+
+    def _refuse(*_: object, **__: object) -> None:
+        raise PixelDecodeError("series 2 [abc123]: the pixel data of 1 image cannot be decoded (test)")
+
+    pipeline.run_job = _refuse
 
 app = celery_app

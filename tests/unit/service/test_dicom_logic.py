@@ -103,6 +103,7 @@ class Harness:
     def __init__(self, root: Path, complete: int = 3, **config: object) -> None:
         self.now = 0.0
         self.complete = complete
+        self.broken = False  # the reader refuses the study whatever it holds (e.g. an instance that breaks it)
         self.submitted: list[tuple[int, str | None]] = []
         self.refused: list[str] = []
         self.late: list[tuple[str, object]] = []
@@ -115,6 +116,8 @@ class Harness:
         files = len(list(folder.iterdir()))
         if files < self.complete:
             raise IncompleteStudyError(f"respiratory phases missing ({files} files)")
+        if self.broken:
+            raise IncompleteStudyError(f"two slices at one position ({files} files)")
         return object()
 
     def _manifest(self, received) -> Manifest:
@@ -202,5 +205,47 @@ def test_studies_are_forgotten_after_keep_s(tmp_path):
     h = Harness(tmp_path, keep_s=100.0)
     h.send("1.2.3.1", "1.2.3.2", "1.2.3.3")
     h.at(2)
+    h.at(200)
+    assert [p.name for p in (tmp_path / "incoming").iterdir()] == [".partial"]
+
+
+def test_a_refused_study_completed_later_becomes_a_job(tmp_path):
+    h = Harness(tmp_path)
+    h.send("1.2.3.1")
+    h.at(11)  # idle: refused
+    assert h.refused == ["respiratory phases missing (1 files)"]
+    h.send("1.2.3.2", "1.2.3.3")  # the rest of the study arrives under the same StudyInstanceUID
+    h.at(13)
+    assert h.submitted == [(3, "CT1")]
+    arrival = h.late[0][1]
+    assert (arrival.instances, arrival.changed, arrival.rerun_job is not None) == (2, True, True)
+
+
+def test_late_instances_the_reader_still_refuses_are_recorded_at_the_idle_timeout(tmp_path):
+    h = Harness(tmp_path, complete=3, keep_s=100.0)
+    h.send("1.2.3.1")
+    h.at(11)
+    assert len(h.refused) == 1
+    h.send("1.2.3.2")  # still incomplete: refused again, never silently dropped
+    h.at(13)
+    assert h.late == []  # not idle yet: more may come
+    h.at(30)
+    assert [(a.instances, a.changed, a.rerun_job) for _, a in h.late] == [(1, True, None)]
+    assert h.submitted == [] and len(h.refused) == 1
+    h.at(200)  # every instance accounted for: the study leaves incoming/ after keep_s
+    assert [p.name for p in (tmp_path / "incoming").iterdir()] == [".partial"]
+
+
+def test_a_late_instance_that_breaks_a_finished_study_is_recorded(tmp_path):
+    h = Harness(tmp_path, keep_s=100.0)
+    h.send("1.2.3.1", "1.2.3.2", "1.2.3.3")
+    h.at(2)
+    assert len(h.submitted) == 1
+    h.broken = True
+    h.send("1.2.3.4")
+    h.at(4)
+    h.at(20)
+    assert [(a.instances, a.changed, a.rerun_job) for _, a in h.late] == [(1, True, None)]
+    assert len(h.submitted) == 1
     h.at(200)
     assert [p.name for p in (tmp_path / "incoming").iterdir()] == [".partial"]
