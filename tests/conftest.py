@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+_MEASURED: list[str] = []
 
 
 def _shared_data_dir() -> Path | None:
@@ -58,3 +59,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def measured():
+    """``measured(line)`` keeps a measured figure (Dice before/after, fuzz counts, soak memory) for the end-of-run
+    summary, so that the CI log shows it."""
+    return _MEASURED.append
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _MEASURED:
+        terminalreporter.section("itvsam: measured")
+        for line in _MEASURED:
+            terminalreporter.write_line(line)

@@ -1,4 +1,4 @@
-"""Helpers for the model tests: synthetic grids and moving targets, and a summary of the measured numbers."""
+"""Helpers for the model tests: synthetic grids and moving targets."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 
 from dicomrt.geometry import Geometry
-
-_MEASURED: list[str] = []
 
 
 def make_geometry(shape: tuple[int, int, int], spacing_mm: tuple[float, float, float]) -> Geometry:
@@ -41,23 +39,6 @@ def moving_tumour(geometry: Geometry, n_phases: int = 10, radius_mm: float = 9.0
     return truth, centres
 
 
-def record_measurement(line: str) -> None:
-    """Keep a measured number for the end-of-run summary (Dice before/after refinement, HD95 cross-check...)."""
-    _MEASURED.append(line)
-
-
 @pytest.fixture(autouse=True)
 def _one_torch_thread(one_torch_thread) -> None:
     """Every model test runs on one torch thread (see ``tests/conftest.py``)."""
-
-
-@pytest.fixture
-def measured():
-    return record_measurement
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _MEASURED:
-        terminalreporter.section("itvsam model: measured")
-        for line in _MEASURED:
-            terminalreporter.write_line(line)
