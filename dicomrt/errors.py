@@ -34,6 +34,13 @@ class MissingUIDError(StudyError):
     code = "missing_uid"
 
 
+class InvalidUIDError(StudyError):
+    """A UID holds what a UID cannot (characters other than digits and dots, an empty component, more than 64
+    characters): the UIDs of the study are copied into the objects we write, so they must be valid."""
+
+    code = "invalid_uid"
+
+
 class DuplicateInstanceError(StudyError):
     code = "duplicate_instance"
 

@@ -2,24 +2,54 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import math
 import os
+import struct
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import pydicom
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.datadict import tag_for_keyword
+from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.filereader import read_file_meta_info
+from pydicom.tag import Tag
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 logger = logging.getLogger(__name__)
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+# CT images the reader recognises: their headers are read, so that a study is refused by name (not ignored).
 CT_SOP_CLASSES = frozenset({CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE})
+# The image SOP classes the reader reads into volumes. Every other class in ``CT_SOP_CLASSES`` (Enhanced CT:
+# multi-frame, geometry in functional groups) is refused by ``scan_study`` (``unsupported_image``): a receiver should
+# refuse at storage time what is not in this set, rather than accept an instance the reader will refuse later.
+READABLE_IMAGE_SOP_CLASSES = frozenset({CT_IMAGE_STORAGE})
 
+# What pydicom raises on a malformed file or a malformed value, when it parses the file and when it converts an
+# element's value (lazily, on first access): an unknown VR (NotImplementedError), a length that does not fit its VR
+# (BytesLengthException), an unparsable number (ValueError, OverflowError), a tag where none can be (OSError), a file
+# cut short (EOFError, struct.error), bytes its character set cannot decode (UnicodeError), nesting without end
+# (RecursionError), a deflated dataset that does not inflate (zlib.error). Caught around pydicom's calls and our
+# conversions of their values only, never around our own logic: a bug of ours must still surface.
+MALFORMED_DICOM_ERRORS: tuple[type[BaseException], ...] = (
+    InvalidDicomError, BytesLengthException, NotImplementedError, KeyError, IndexError, ValueError, TypeError,
+    AttributeError, OverflowError, struct.error, EOFError, OSError, RecursionError, zlib.error,
+)
+PREAMBLE_LENGTH = 128
+# pydicom inflates a Deflated Explicit VR Little Endian dataset whole, pixel data included, in memory: a few
+# megabytes can inflate to gigabytes. Such a file is inflated once in bounded chunks first and skipped when it holds
+# more than this (a 4096 x 4096 16-bit image, the reader's largest, with its header fits).
+MAX_INFLATED_BYTES = 64 * 2**20
+_INFLATE_CHUNK = 2**20
 
+T = TypeVar("T")
 
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
 
@@ -30,6 +60,19 @@ class Skip(StrEnum):
     NOT_DICOM = "not DICOM"
     UNREADABLE = "unreadable"
     NOT_CT = "not a CT image"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Why a file is skipped, with the detail: the file's name, the element and what was wrong with it (never the
+    value itself: it may be patient data)."""
+
+    reason: Skip
+    detail: str
+
+
+class MalformedValueError(ValueError):
+    """A header element whose value cannot be interpreted (raised inside this module, returned as ``Skipped``)."""
 
 
 @dataclass(frozen=True)
@@ -92,20 +135,93 @@ class InstanceHeader:
 
 def read_header(path: Path) -> InstanceHeader | Skip:
     """The CT header of ``path``, or why it is skipped. Raises nothing for a bad file: a bad file is a ``Skip``."""
+    result = read_header_or_skipped(path)
+    return result.reason if isinstance(result, Skipped) else result
+
+
+def read_header_or_skipped(path: Path) -> InstanceHeader | Skipped:
+    """``read_header`` with the detail of a skip (``Skipped.detail``: file, element, what was wrong).
+
+    A file that is not Part-10 DICOM is ``NOT_DICOM``; one that pydicom cannot parse, or whose header holds a value
+    that cannot be interpreted (an unknown VR, a length that does not fit its VR, a number that is not one or not
+    finite, several values where one is expected), is ``UNREADABLE``; a readable object that is not a CT image is
+    ``NOT_CT``. UIDs are checked by the study reader (``dicomrt.reader``), which refuses a study with invalid ones.
+    """
     try:
-        with open(path, "rb") as fp:
+        fp = open(path, "rb")  # noqa: SIM115 - closed below; the open itself may fail like a read
+    except OSError as exc:
+        return _skipped(Skip.UNREADABLE, path, f"cannot be opened ({type(exc).__name__})")
+    with fp:
+        try:
+            too_large = _inflates_too_large(fp, path)
+            if too_large:
+                return _skipped(Skip.UNREADABLE, path, too_large)
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
-            native_pixels = _native_pixel_data(fp, ds)
-    except InvalidDicomError:
-        return Skip.NOT_DICOM
-    except Exception as exc:  # a corrupt file of any kind is skipped and counted, never fatal
-        logger.debug("unreadable file skipped: %s", type(exc).__name__)
-        return Skip.UNREADABLE
+        except InvalidDicomError:
+            return _skipped(Skip.NOT_DICOM, path, "no DICOM File Meta Information")
+        except MALFORMED_DICOM_ERRORS as exc:
+            return _skipped(Skip.UNREADABLE, path, f"cannot be parsed ({type(exc).__name__}: {_clip(str(exc))})")
+        native_pixels = _native_pixel_data(fp, ds)
     try:
         return _header(path, ds, native_pixels)
-    except (ValueError, TypeError, IndexError, AttributeError) as exc:  # malformed values in a header element
-        logger.debug("unreadable header skipped: %s", type(exc).__name__)
-        return Skip.UNREADABLE
+    except MalformedValueError as exc:
+        return _skipped(Skip.UNREADABLE, path, str(exc))
+
+
+def _inflates_too_large(fp: io.BufferedReader, path: Path) -> str | None:
+    """Why a deflated dataset is not read (it inflates past ``MAX_INFLATED_BYTES``), or None; ``fp`` is left at the
+    start of the file. Other files cost a look at their first 2 kB in the read buffer."""
+    if DeflatedExplicitVRLittleEndian.encode() not in fp.peek(2048)[:2048]:
+        return None
+    meta = read_file_meta_info(path)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return None
+    group_length = meta.get("FileMetaInformationGroupLength")
+    if not isinstance(group_length, int):
+        return "a deflated dataset without FileMetaInformationGroupLength"
+    fp.seek(PREAMBLE_LENGTH + 4 + 12 + group_length)  # after (0002,0000) UL: tag, VR, length, 4-byte value
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated = 0
+    data = fp.read(_INFLATE_CHUNK)
+    while data and not inflater.eof:
+        inflated += len(inflater.decompress(data, _INFLATE_CHUNK))
+        if inflated > MAX_INFLATED_BYTES:
+            return f"the deflated dataset inflates to more than {MAX_INFLATED_BYTES // 2**20} MiB"
+        data = inflater.unconsumed_tail or fp.read(_INFLATE_CHUNK)
+    fp.seek(0)
+    return None
+
+
+def _skipped(reason: Skip, path: Path, what: str) -> Skipped:
+    """The skip of ``path``; the log line leaves out the file name (an export may name files after the patient)."""
+    logger.debug("file skipped (%s): %s", reason.value, what)
+    return Skipped(reason, f"{path.name}: {what}")
+
+
+def _clip(text: str, length: int = 120) -> str:
+    text = text.replace("\n", " ")
+    return text if len(text) <= length else text[: length - 1] + "…"
+
+
+def zero_preamble(path: Path) -> bool:
+    """Zero the 128-byte preamble of the Part-10 file at ``path`` in place when it is not all zeros; True when the
+    file was changed.
+
+    The preamble is free for applications, so it can hold an executable or archive header (a file that is both DICOM
+    and ELF, or DICOM and ZIP): stored input must not keep one. Only the preamble changes: the ``DICM`` prefix and
+    every later byte stay byte-identical. A file without ``DICM`` at offset 128 (not Part 10, or shorter than 132
+    bytes) is left alone (False).
+    """
+    with open(path, "r+b") as fp:
+        head = fp.read(PREAMBLE_LENGTH + 4)
+        if len(head) < PREAMBLE_LENGTH + 4 or head[PREAMBLE_LENGTH:] != b"DICM":
+            return False
+        if not any(head[:PREAMBLE_LENGTH]):
+            return False
+        fp.seek(0)
+        fp.write(bytes(PREAMBLE_LENGTH))
+        fp.flush()
+    return True
 
 
 def _native_pixel_data(fp: BinaryIO, ds: pydicom.Dataset) -> tuple[int, int] | None:
@@ -122,18 +238,21 @@ def _native_pixel_data(fp: BinaryIO, ds: pydicom.Dataset) -> tuple[int, int] | N
     return None if length == 0xFFFFFFFF else (fp.tell(), length)
 
 
-def _header(path: Path, ds: pydicom.Dataset, native_pixels: tuple[int, int] | None) -> InstanceHeader | Skip:
-    meta = getattr(ds, "file_meta", None)
+def _header(path: Path, ds: pydicom.Dataset, native_pixels: tuple[int, int] | None) -> InstanceHeader | Skipped:
+    """The header of a CT image; raises ``MalformedValueError`` naming the element whose value cannot be used."""
+    meta = getattr(ds, "file_meta", None) or pydicom.Dataset()
     if "SOPClassUID" not in ds and "Modality" not in ds:
         # nothing identifies the object: a header cut short (the file meta may still name an image class)
-        return Skip.UNREADABLE if str(getattr(meta, "MediaStorageSOPClassUID", "")) in CT_SOP_CLASSES else Skip.NOT_CT
-    sop_class = str(ds.get("SOPClassUID", "") or "")
-    modality = str(ds.get("Modality", "") or "")
+        cut_short = _str(meta, "MediaStorageSOPClassUID") in CT_SOP_CLASSES
+        return (_skipped(Skip.UNREADABLE, path, "the header of a CT image ends before SOPClassUID")
+                if cut_short else _skipped(Skip.NOT_CT, path, "no SOPClassUID or Modality"))
+    sop_class = _str(ds, "SOPClassUID")
+    modality = _str(ds, "Modality")
     if sop_class not in CT_SOP_CLASSES and not (sop_class == "" and modality == "CT"):
         # an empty SOPClassUID on a CT is kept, so that the reader refuses it by name instead of ignoring it
-        return Skip.NOT_CT
-    if "PixelData" not in ds and ds.get("Rows") is None:
-        return Skip.NOT_CT
+        return _skipped(Skip.NOT_CT, path, "not a CT image")
+    if "PixelData" not in ds and _int(ds, "Rows") is None:
+        return _skipped(Skip.NOT_CT, path, "a CT object without an image")
     # Temporal position: classic images carry TemporalPositionIdentifier; some exports put TemporalPositionIndex
     # (an enhanced-CT attribute) at the top level.
     temporal = _int(ds, "TemporalPositionIdentifier")
@@ -142,7 +261,7 @@ def _header(path: Path, ds: pydicom.Dataset, native_pixels: tuple[int, int] | No
     return InstanceHeader(
         path=path,
         file_size=os.path.getsize(path),
-        transfer_syntax_uid=str(getattr(meta, "TransferSyntaxUID", "") or ""),
+        transfer_syntax_uid=_str(meta, "TransferSyntaxUID"),
         sop_class_uid=sop_class,
         sop_instance_uid=_str(ds, "SOPInstanceUID"),
         series_instance_uid=_str(ds, "SeriesInstanceUID"),
@@ -164,8 +283,8 @@ def _header(path: Path, ds: pydicom.Dataset, native_pixels: tuple[int, int] | No
         pixel_representation=_int(ds, "PixelRepresentation") or 0,
         native_pixels=native_pixels,
         photometric_interpretation=_str(ds, "PhotometricInterpretation"),
-        rescale_slope=float(ds.get("RescaleSlope", 1) or 1),
-        rescale_intercept=float(ds.get("RescaleIntercept", 0) or 0),
+        rescale_slope=_rescale_slope(ds),
+        rescale_intercept=_or(_float(ds, "RescaleIntercept"), 0.0),
         nominal_percent=_float(ds, "NominalPercentageOfRespiratoryPhase"),
         temporal_position=temporal,
         number_of_temporal_positions=_int(ds, "NumberOfTemporalPositions"),
@@ -186,33 +305,87 @@ def _header(path: Path, ds: pydicom.Dataset, native_pixels: tuple[int, int] | No
     )
 
 
+def _value(ds: pydicom.Dataset, keyword: str, convert: Callable[[Any], T], expected: str) -> T | None:
+    """``convert`` of the value of ``keyword`` (None when absent or empty). pydicom converts a raw element on first
+    access, so both its conversion and ours are guarded here: a value that cannot be used raises
+    ``MalformedValueError`` naming the element and what was expected, without the value (it may be patient data)."""
+    try:
+        value = ds.get(keyword)
+        if value is None or (isinstance(value, str | bytes) and not value.strip()):
+            return None
+        return convert(value)
+    except MALFORMED_DICOM_ERRORS as exc:
+        raise MalformedValueError(f"{keyword} {Tag(tag_for_keyword(keyword))} is not {expected} "
+                                  f"({type(exc).__name__})") from exc
+
+
+def _values(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, pydicom.multival.MultiValue | list | tuple) else [value]
+
+
+def _single(value: Any) -> Any:
+    values = _values(value)
+    if len(values) != 1:
+        raise ValueError(f"{len(values)} values where one is expected")
+    return values[0]
+
+
+def _finite(value: Any) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("not a finite number")
+    return number
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):  # a text element read with a binary VR
+        raise TypeError("bytes where text is expected")
+    return str(value).strip()
+
+
 def _str(ds: pydicom.Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    return "" if value is None else str(value).strip()
+    return _value(ds, keyword, lambda v: "\\".join(_text(x) for x in _values(v)), "text") or ""
 
 
 def _multi(ds: pydicom.Dataset, keyword: str) -> list[str]:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return []
-    return [str(v) for v in value] if isinstance(value, pydicom.multival.MultiValue | list | tuple) else [str(value)]
+    return _value(ds, keyword, lambda v: [_text(x) for x in _values(v)], "text") or []
+
+
+def _integer(value: Any) -> int:
+    single = _single(value)
+    if isinstance(single, int):
+        return int(single)
+    number = _finite(single)
+    if not number.is_integer():
+        raise ValueError("not an integer")
+    return int(number)
 
 
 def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
-    return None if value is None or value == "" else int(value)
+    return _value(ds, keyword, _integer, "one integer")
 
 
 def _float(ds: pydicom.Dataset, keyword: str) -> float | None:
-    value = ds.get(keyword)
-    return None if value is None or value == "" else float(value)
+    return _value(ds, keyword, lambda v: _finite(_single(v)), "one finite number")
 
 
 def _floats(ds: pydicom.Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
-    values = _multi(ds, keyword)
-    if len(values) != n:
-        return None
-    return tuple(float(v) for v in values)
+    """``n`` finite numbers, or None when the element is absent or holds another count of values (the study reader
+    then refuses the missing geometry by name)."""
+    values = _value(ds, keyword, lambda v: [_finite(x) for x in _values(v)], f"{n} finite numbers")
+    return tuple(values) if values is not None and len(values) == n else None
+
+
+def _or(value: T | None, default: T) -> T:
+    return default if value is None else value
+
+
+def _rescale_slope(ds: pydicom.Dataset) -> float:
+    slope = _or(_float(ds, "RescaleSlope"), 1.0)
+    if slope == 0:
+        raise MalformedValueError(f"RescaleSlope {Tag(tag_for_keyword('RescaleSlope'))} is 0: every pixel would "
+                                  f"have the same value")
+    return slope
 
 
 def transfer_syntax_name(uid: str) -> str:

@@ -25,6 +25,7 @@ from dicomrt.errors import (
     ImplausiblePixelDataError,
     IncompleteStudyError,
     InconsistentSeriesError,
+    InvalidUIDError,
     MissingGeometryError,
     MissingUIDError,
     MultiplePatientsError,
@@ -35,8 +36,17 @@ from dicomrt.errors import (
     UnsupportedImageError,
 )
 from dicomrt.geometry import geometry_from_slices, slice_normal, slice_order
-from dicomrt.identifiers import short_hash
-from dicomrt.instances import InstanceHeader, Skip, read_header, transfer_syntax_name
+from dicomrt.identifiers import is_valid_uid, short_hash
+from dicomrt.instances import (
+    CT_SOP_CLASSES,
+    MALFORMED_DICOM_ERRORS,
+    READABLE_IMAGE_SOP_CLASSES,
+    InstanceHeader,
+    Skip,
+    Skipped,
+    read_header_or_skipped,
+    transfer_syntax_name,
+)
 from dicomrt.phases import SeriesKind, derived_kind, percent_from_description, phase_label
 from dicomrt.study import Phase, ScanSummary, SeriesInfo, Study4D, StudyIndex
 
@@ -50,6 +60,10 @@ _REQUIRED_UIDS = {
     "FrameOfReferenceUID": "frame_of_reference_uid",
 }
 _PROJECTIONS = (SeriesKind.AVERAGE, SeriesKind.MIP, SeriesKind.MINIP)
+# Respiratory phases closer than this (in percent of the cycle) are not phases of one 4DCT.
+_MIN_PHASE_STEP_PERCENT = 1.0
+# How many unreadable files a warning or refusal names (with what was wrong in each).
+_SKIP_DETAILS_SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -91,20 +105,27 @@ def scan_study(
     paths = find_files(source)
     headers: list[InstanceHeader] = []
     skipped: Counter[Skip] = Counter()
+    unreadable: list[str] = []
     for path in paths:
-        header = read_header(path)
-        if isinstance(header, Skip):
-            skipped[header] += 1
+        header = read_header_or_skipped(path)
+        if isinstance(header, Skipped):
+            skipped[header.reason] += 1
+            if header.reason is Skip.UNREADABLE:
+                unreadable.append(header.detail)
         else:
             headers.append(header)
     summary = ScanSummary(files=len(paths), ct_instances=len(headers), skipped=dict(skipped))
     if not headers:
-        raise NoCTError(f"no CT images among {len(paths)} files{_skipped_text(skipped)}")
+        raise NoCTError(f"no CT images among {len(paths)} files{_skipped_text(skipped)}{_details(unreadable, '; ')}")
     warnings: list[str] = []
     if skipped:
         warnings.append(f"skipped {sum(skipped.values())} of {len(paths)} files{_skipped_text(skipped)}")
+    if unreadable:
+        warnings.append(f"unreadable files skipped{_details(unreadable, ': ')}")
     _check_required_uids(headers)
+    _check_valid_uids(headers, ("StudyInstanceUID",))  # before grouping: a broken one is not a second study
     headers = _choose_study(headers, study)
+    _check_valid_uids(headers, tuple(_REQUIRED_UIDS))
     _check_one_patient(headers)
     headers = _without_duplicates(headers, warnings)
     _check_pixel_format(headers, limits)
@@ -189,6 +210,13 @@ def _skipped_text(skipped: Counter[Skip]) -> str:
     return "" if not skipped else " (" + ", ".join(f"{n} {reason.value}" for reason, n in skipped.items()) + ")"
 
 
+def _details(details: Sequence[str], lead: str) -> str:
+    if not details:
+        return ""
+    more = len(details) - _SKIP_DETAILS_SHOWN
+    return lead + "; ".join(details[:_SKIP_DETAILS_SHOWN]) + (f"; and {more} more" if more > 0 else "")
+
+
 def _check_required_uids(headers: Sequence[InstanceHeader]) -> None:
     empty = {keyword: found for keyword, attr in _REQUIRED_UIDS.items()
              if (found := [h for h in headers if not getattr(h, attr)])}
@@ -197,6 +225,28 @@ def _check_required_uids(headers: Sequence[InstanceHeader]) -> None:
         detail = ", ".join(f"{keyword} in {len(found)}" for keyword, found in empty.items())
         raise MissingUIDError(f"required UIDs are empty in {max(len(f) for f in empty.values())} of {len(headers)} "
                               f"CT files ({detail}; e.g. {first}): refusing rather than guessing them")
+
+
+def _check_valid_uids(headers: Sequence[InstanceHeader], keywords: Sequence[str]) -> None:
+    """Refuse the study when one of its CT instances holds an invalid UID (``dicomrt.identifiers.is_valid_uid``).
+
+    Refused, not skipped, whichever UID it is. The study's UIDs (Study, Series, FrameOfReference, each image's
+    SOPInstanceUID) are copied into the RTSTRUCT and SEG we write, whose references a planning system matches
+    exactly: an invalid one makes an invalid object, and repairing it would break the link to the images. Skipping
+    only an instance with an invalid SOPInstanceUID would change the volume instead: a hole (refused as missing
+    slices), or at either end a shorter volume (a 3D CT, or a 4DCT whose phases all lose that slice) on which an ITV
+    could be cut short without anyone noticing. A UID
+    that breaks the rules is a broken or tampered export, and the message names it so that it can be exported again.
+    Values are shown by hash only.
+    """
+    for keyword in keywords:
+        attr = _REQUIRED_UIDS[keyword]
+        bad = [h for h in headers if getattr(h, attr) and not is_valid_uid(getattr(h, attr))]
+        if bad:
+            values = sorted({short_hash(getattr(h, attr)) for h in bad})
+            raise InvalidUIDError(f"{keyword} is not a valid UID in {len(bad)} of {len(headers)} CT files (e.g. "
+                                  f"{bad[0].path.name}; value hash {', '.join(values[:4])}): a UID holds at most 64 "
+                                  f"characters, digits in dot-separated components")
 
 
 def _choose_study(headers: list[InstanceHeader], study: str | None) -> list[InstanceHeader]:
@@ -237,8 +287,7 @@ def _without_duplicates(headers: list[InstanceHeader], warnings: list[str]) -> l
     for uid, found in by_uid.items():
         first = found[0]
         for other in found[1:]:
-            if not (filecmp.cmp(first.path, other.path, shallow=False)
-                    or pydicom.dcmread(first.path) == pydicom.dcmread(other.path)):
+            if not _same_instance(first.path, other.path):
                 raise DuplicateInstanceError(f"SOPInstanceUID {short_hash(uid)} is used by {len(found)} files with "
                                              f"different content ({first.path.name}, {other.path.name})")
             repeated += 1
@@ -246,6 +295,17 @@ def _without_duplicates(headers: list[InstanceHeader], warnings: list[str]) -> l
     if repeated:
         warnings.append(f"{repeated} duplicate file(s) of the same instance ignored")
     return unique
+
+
+def _same_instance(first: Path, other: Path) -> bool:
+    """Whether two files hold the same instance: the same bytes, or the same dataset encoded differently. A file
+    that cannot be read in full (pixel data included) is not the same as one that can."""
+    if filecmp.cmp(first, other, shallow=False):
+        return True
+    try:
+        return pydicom.dcmread(first) == pydicom.dcmread(other)
+    except MALFORMED_DICOM_ERRORS:
+        return False
 
 
 def _check_pixel_format(headers: Sequence[InstanceHeader], limits: ReaderLimits) -> None:
@@ -257,6 +317,11 @@ def _check_pixel_format(headers: Sequence[InstanceHeader], limits: ReaderLimits)
         errors[message] = error
 
     for h in headers:
+        if h.sop_class_uid in CT_SOP_CLASSES and h.sop_class_uid not in READABLE_IMAGE_SOP_CLASSES:
+            flag(UnsupportedImageError, f"{UID(h.sop_class_uid).name} images are not read (only "
+                                        f"{', '.join(UID(c).name for c in sorted(READABLE_IMAGE_SOP_CLASSES))}): "
+                                        f"export the series as classic CT images", h)
+            continue
         if h.number_of_frames != 1:
             flag(UnsupportedImageError, f"multi-frame (enhanced) CT images are not supported (NumberOfFrames "
                                         f"{h.number_of_frames})", h)
@@ -270,6 +335,9 @@ def _check_pixel_format(headers: Sequence[InstanceHeader], limits: ReaderLimits)
                                             f"1..{limits.max_columns}", h)
             continue
         ts = UID(h.transfer_syntax_uid or "1.2.840.10008.1.2")
+        if not ts.is_transfer_syntax:
+            flag(PixelDecodeError, f"TransferSyntaxUID {h.transfer_syntax_uid[:64]!r} is not a transfer syntax", h)
+            continue
         declared = h.rows * h.columns * h.samples_per_pixel * max(h.bits_allocated, 8) // 8 * h.number_of_frames
         if not ts.is_compressed and not ts.is_deflated and h.file_size < declared:
             flag(ImplausiblePixelDataError, f"pixel data declares {h.rows} x {h.columns} x {h.bits_allocated} bits "
@@ -310,6 +378,10 @@ def _split_series(headers: list[InstanceHeader], warnings: list[str]) -> list[Se
         if any(v is None for v in nominal):
             raise AmbiguousPhasesError(f"{what}: NominalPercentageOfRespiratoryPhase is present in some images "
                                        f"and missing in {nominal.count(None)}")
+        outside = sorted({v for v in nominal if not 0 <= v < 100})
+        if outside:
+            raise AmbiguousPhasesError(f"{what}: NominalPercentageOfRespiratoryPhase must be in [0, 100), got "
+                                       f"{', '.join(f'{v:g}' for v in outside[:4])}")
         described = _described_percent(first.series_description, what)
         if described is not None and set(nominal) != {described}:
             raise AmbiguousPhasesError(f"{what}: SeriesDescription says {described:g}% but "
@@ -448,6 +520,11 @@ def _phases(volumes: list[SeriesInfo], warnings: list[str]) -> list[SeriesInfo]:
 def _check_complete(phases: list[SeriesInfo], warnings: list[str]) -> None:
     percents = np.array([p.percent for p in phases])
     step = float(np.min(np.diff(percents)))
+    if step < _MIN_PHASE_STEP_PERCENT:
+        close = int(np.argmin(np.diff(percents)))
+        raise AmbiguousPhasesError(f"phases {phases[close].label} and {phases[close + 1].label} are less than "
+                                   f"{_MIN_PHASE_STEP_PERCENT:g}% of the breathing cycle apart: not phases of one "
+                                   f"4DCT ({_describe(phases[close])} vs {_describe(phases[close + 1])})")
     count = 100 / step
     on_grid = np.allclose((percents - percents[0]) / step, np.round((percents - percents[0]) / step), atol=0.02)
     if not (on_grid and abs(count - round(count)) < 0.02):
