@@ -32,12 +32,14 @@ def serve(
     """Run the HTTP gateway (FastAPI under uvicorn); configured by ITVSAM_* environment variables."""
     import uvicorn
 
+    from service.api.server import GatewayHttpProtocol
     from service.settings import get_gateway_settings
 
     load_settings(get_gateway_settings)  # invalid settings: one line and exit 2 here, not a traceback per process
 
+    # our protocol: request line and header limits, and the JSON error body for requests uvicorn cannot parse
     uvicorn.run("service.api.app:create_app", factory=True, host=host, port=port, workers=workers,
-                proxy_headers=True, timeout_keep_alive=30, log_level="info")
+                http=GatewayHttpProtocol, proxy_headers=True, timeout_keep_alive=30, log_level="info")
 
 
 @app.command()

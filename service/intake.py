@@ -1,7 +1,8 @@
 """The one path from received files to a queued job: HTTP uploads, STOW-RS, the DICOM listener and
 ``itvsam submit-dir`` all come through ``accept_study``.
 
-Check the disk watermark (``disk_problem``), read the study's headers with ``dicomrt.reader.scan_study`` (a refusal
+Check the disk watermark (``disk_problem``), validate the study (``validate_study``: its headers with
+``dicomrt.reader.scan_study``, then every image's pixel data decoded as the worker will, ``check_pixel_data``; a refusal
 raises ``StudyError``: nothing is stored, nothing queued), find a live job made from the same files and options
 (idempotency), else create the job and queue it. ``record_refusal`` keeps a refused study as a failed job, so that a
 study that came over DICOM (where no HTTP answer can carry the reason) shows its refusal in the API.
@@ -13,12 +14,16 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, Protocol
 
 from dicomrt.errors import StudyError
-from dicomrt.reader import scan_study
-from dicomrt.study import StudyIndex, index_summary
-from jobs.manifest import Delivery, InputInfo, JobError, JobState, Manifest, new_job_id
+from dicomrt.geometry import Geometry
+from dicomrt.instances import InstanceHeader
+from dicomrt.reader import load_volume, scan_study
+from dicomrt.study import SeriesInfo, StudyIndex, index_summary
+from jobs.manifest import Delivery, InputInfo, JobError, JobProgress, JobState, Manifest, new_job_id
 from jobs.options import JobOptions
 from jobs.store import JobStore
 from service.settings import IntakeSettings
@@ -38,6 +43,48 @@ def disk_problem(store: JobStore, settings: IntakeSettings) -> str | None:
         return (f"the job store has {space.free_bytes} bytes free ({space.free_fraction:.1%}), below its watermark "
                 f"of {settings.min_free_bytes} bytes or {settings.min_free_fraction:.1%}")
     return None
+
+
+def validate_study(folder: Path) -> StudyIndex:
+    """The study in ``folder`` as the worker will read it: headers checked (``scan_study``), then the pixel data of
+    every image of its phases and projections decoded (``check_pixel_data``). Raises ``StudyError``."""
+    index = scan_study(folder)
+    check_pixel_data(index)
+    return index
+
+
+def check_pixel_data(index: StudyIndex) -> None:
+    """Decode every image of the study's phases and projections as the worker will (``dicomrt.reader.load_volume``:
+    pydicom's decoders, the same refusals), one image at a time and nothing kept, so that a study whose pixel data
+    cannot be decoded (e.g. RLE whose header claims more segments than the image has) is refused before a job is made:
+    ``PixelDecodeError`` (``undecodable_pixel_data``) or ``ImplausiblePixelDataError``, naming the series, the slice
+    and the file.
+
+    Memory: one decoded image (its rows and columns are within the reader's limits, checked from the headers by
+    ``scan_study``) and that one file's compressed data (within the upload limits) at a time."""
+    for series in (*index.phases, *index.derived):
+        for k, header in enumerate(series.instances):
+            try:
+                load_volume(_one_image(series, header))
+            except StudyError as exc:
+                message = f"{_renumbered(str(exc), series, k)} (file {header.path.name} of the upload)"
+                raise type(exc)(message) from exc
+
+
+def _renumbered(message: str, series: SeriesInfo, k: int) -> str:
+    """``load_volume``'s message about the one image of a ``_one_image`` view ("slice 0"), with the image's place in
+    the series instead: the first "slice 0" after the series' hash, so that a description holding those words is
+    left alone."""
+    anchor = f"[{series.uid_hash}]"
+    head, found, tail = message.partition(anchor)
+    return f"{head}{found}{tail.replace('slice 0', f'slice {k}', 1)}" if found else message
+
+
+def _one_image(series: SeriesInfo, header: InstanceHeader) -> SeriesInfo:
+    """``series`` reduced to one of its images (``load_volume`` then decodes only that one)."""
+    grid = series.geometry
+    geometry = Geometry(grid.affine, (1, *grid.shape[1:]), grid.frame_of_reference_uid, (header.sop_instance_uid,))
+    return replace(series, geometry=geometry, instances=(header,))
 
 
 def study_brief(index: StudyIndex) -> dict[str, Any]:
@@ -67,10 +114,10 @@ def _input(received: ReceivedStudy, source: str, calling_ae: str | None) -> Inpu
 def accept_study(received: ReceivedStudy, source: str, options: JobOptions, force: bool, store: JobStore,
                  queue: Queue, *, calling_ae: str | None = None, deliveries: list[Delivery] | None = None,
                  index: StudyIndex | None = None) -> tuple[Manifest, bool]:
-    """Validate the received study (unless ``index``, its scan, is given) and make (and queue) its job, or return the
-    live job made from the same files and options. ``received.folder`` is moved into a new job. Raises
-    ``StudyError`` for a refused study."""
-    index = index if index is not None else scan_study(received.folder)
+    """Validate the received study (``validate_study``; unless ``index``, its scan, is given: the listener scans the
+    studies it collects itself) and make (and queue) its job, or return the live job made from the same files and
+    options. ``received.folder`` is moved into a new job. Raises ``StudyError`` for a refused study."""
+    index = index if index is not None else validate_study(received.folder)
     manifest = Manifest(id=new_job_id(), idempotency_key=idempotency_key(received, options), options=options.to_json(),
                         input=_input(received, source, calling_ae), study=study_brief(index),
                         deliveries=list(deliveries or []))
@@ -94,6 +141,7 @@ def record_refusal(received: ReceivedStudy, source: str, options: JobOptions, er
     manifest = Manifest(id=new_job_id(), state=JobState.FAILED, finished_at=now,
                         idempotency_key=idempotency_key(received, options), options=options.to_json(),
                         input=_input(received, source, calling_ae),
+                        progress=JobProgress(stage="reading", message=f"refused by the reader: {error.code}"),
                         error=JobError(code=error.code, message=str(error)))
     manifest, _ = store.create_or_get(received.folder, manifest, force=True)
     logger.warning("job %s: %s study refused [%s]: %s", manifest.id, source, error.code, error)

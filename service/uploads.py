@@ -1,4 +1,5 @@
-"""Receiving a study over HTTP: streamed to disk under limits, never held in memory, files named by us.
+"""Receiving a study over HTTP: streamed to disk under limits, never held in memory, files named by us, a Part-10
+preamble that is not zeros (it may hold an executable or archive header) zeroed in every stored file.
 
 Three ways in, one result (``ReceivedStudy``): a zip body, a ``multipart/form-data`` body (DICOM files plus an optional
 ``options`` field), or a ``multipart/related; type="application/dicom"`` body (STOW-RS). Every refusal is an
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import stat
+import struct
 import time
 import zipfile
 from collections.abc import AsyncIterator
@@ -18,10 +20,15 @@ from pathlib import Path
 
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
+from dicomrt.instances import zero_preamble
 from service.settings import IntakeSettings
 
 CHUNK = 1024 * 1024
 _DRIVE = re.compile(r"^[A-Za-z]:")
+# What zipfile raises for a damaged archive: its own errors and those of parsing the bytes it trusts (struct fields,
+# names, lengths), which hostile archives reach.
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError,
+               struct.error, OverflowError)
 
 
 class UploadError(Exception):
@@ -70,6 +77,23 @@ class ReceivedStudy:
     def next_path(self) -> Path:
         return self.folder / f"{len(self.digests) + 1:06d}.dcm"
 
+    def keep(self, path: Path, digest: str, size: int) -> None:
+        """Count the file just written at ``path`` (``next_path``) with the SHA-256 ``digest`` of its ``size`` bytes.
+        A Part-10 preamble that is not zeros is zeroed first (``dicomrt.instances.zero_preamble``): the digest is
+        then that of the bytes stored, so the same images give the same study whatever their preambles held."""
+        if zero_preamble(path):
+            digest = _file_digest(path)
+        self.bytes += size
+        self.digests.append(digest)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
 
 def check_declared_length(content_length: str | None, limits: UploadLimits) -> None:
     """Refuse at once a body whose declared length is over the limit (the stream is counted as well)."""
@@ -103,9 +127,17 @@ async def receive_zip(stream: AsyncIterator[bytes], folder: Path, limits: Upload
     with open(archive, "wb") as out:
         async for chunk in _chunks(stream, limits, received):
             out.write(chunk)
+    if received.body_bytes == 0:
+        raise _empty("the upload is empty (0 bytes): send a zip of the study's DICOM files")
     unpack_zip(archive, received, limits)
     archive.unlink()
+    if received.files == 0:
+        raise _empty("the zip archive holds no files (only folders, or nothing): send a zip of the study's DICOM files")
     return received
+
+
+def _empty(message: str) -> UploadError:
+    return UploadError(400, "empty_upload", message)
 
 
 def _unsafe_name(info: zipfile.ZipInfo) -> bool:
@@ -118,17 +150,21 @@ def _unsafe_name(info: zipfile.ZipInfo) -> bool:
 def unpack_zip(archive: Path, received: ReceivedStudy, limits: UploadLimits) -> None:
     """Unpack ``archive`` into ``received.folder`` as 000001.dcm, ... (entry names are never used as paths).
 
-    Refused: not a zip or a damaged one (400 ``invalid_zip``), an entry that is absolute, climbs out with ``..``,
-    uses backslashes or a drive, or is a symbolic link (400 ``unsafe_zip_path``), encrypted entries (400), more entries
-    than ``max_files`` (413 ``too_many_files``), an entry that expands more than ``max_zip_ratio`` times or files that
+    Refused: not a zip or a damaged one, an entry without a name, encrypted entries (400 ``invalid_zip``; an empty
+    body or archive is 400 ``empty_upload``, see ``receive_zip``), an entry that is absolute, climbs out with ``..``,
+    uses backslashes or a drive, or is a symbolic link (400 ``unsafe_zip_path``), more entries than ``max_files``
+    (413 ``too_many_files``), an entry that expands more than ``max_zip_ratio`` times or files that
     add up to more than ``max_study_bytes`` (413 ``zip_bomb`` / ``study_too_large``), counted on the bytes actually
     inflated, not only on the sizes the archive declares.
     """
     try:
         zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except _ZIP_ERRORS as exc:
         raise UploadError(400, "invalid_zip", f"the upload is not a readable zip archive: {exc}") from None
     with zf:
+        for number, info in enumerate(zf.infolist(), 1):
+            if not info.filename:
+                raise UploadError(400, "invalid_zip", f"zip entry {number} has no name")
         entries = [info for info in zf.infolist() if not info.is_dir()]
         for info in zf.infolist():
             if _unsafe_name(info):
@@ -171,10 +207,9 @@ def _inflate(zf: zipfile.ZipFile, info: zipfile.ZipInfo, received: ReceivedStudy
                 _check_ratio(info.filename, size, info.compress_size, limits)
                 digest.update(chunk)
                 out.write(chunk)
-    except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError) as exc:
+    except _ZIP_ERRORS as exc:
         raise UploadError(400, "invalid_zip", f"zip entry {info.filename!r} cannot be read: {exc}") from None
-    received.bytes += size
-    received.digests.append(digest.hexdigest())
+    received.keep(path, digest.hexdigest(), size)
 
 
 class _PartWriter:
@@ -188,6 +223,7 @@ class _PartWriter:
         self.header_value = b""
         self.headers: dict[bytes, bytes] = {}
         self.out = None
+        self.path = received.folder
         self.digest = hashlib.sha256()
         self.size = 0
         self.field: str | None = None
@@ -225,7 +261,8 @@ class _PartWriter:
         if self.received.files >= self.limits.max_files:
             raise UploadError(413, "too_many_files",
                               f"an upload may hold at most {self.limits.max_files} files, got more")
-        self.out = open(self.received.next_path(), "wb")  # noqa: SIM115 (closed in part_end)
+        self.path = self.received.next_path()
+        self.out = open(self.path, "wb")  # noqa: SIM115 (closed in part_end)
         self.digest = hashlib.sha256()
         self.size = 0
 
@@ -254,8 +291,7 @@ class _PartWriter:
             return
         self.out.close()
         self.out = None
-        self.received.bytes += self.size
-        self.received.digests.append(self.digest.hexdigest())
+        self.received.keep(self.path, self.digest.hexdigest(), self.size)
 
     def close(self) -> None:
         if self.out is not None:
@@ -280,11 +316,18 @@ async def receive_multipart(stream: AsyncIterator[bytes], content_type: str, fol
     except UploadError:
         raise
     except Exception as exc:  # python-multipart raises its own errors for malformed bodies
+        if received.body_bytes == 0:
+            raise _empty("the upload is empty (0 bytes): send the study's DICOM files as multipart parts") from None
         raise UploadError(400, "invalid_multipart", f"the multipart body cannot be parsed: {exc}") from None
     finally:
         writer.close()
+    if received.body_bytes == 0:
+        raise _empty("the upload is empty (0 bytes): send the study's DICOM files as multipart parts")
     if writer.out is not None or parser.state is not MultipartState.END:
         raise UploadError(400, "invalid_multipart", "the multipart body ended before its closing boundary")
+    if received.files == 0:
+        wanted = "parts" if writer.related else "parts with a filename"
+        raise _empty(f"the multipart body holds no file parts: send the study's DICOM files as {wanted}")
     return received
 
 
@@ -300,13 +343,14 @@ def receive_folder(source: Path, folder: Path, limits: UploadLimits) -> Received
     for path in paths:
         digest = hashlib.sha256()
         target = received.next_path()
+        size = 0
         with open(path, "rb") as handle, open(target, "wb") as out:
             while chunk := handle.read(CHUNK):
-                received.bytes += len(chunk)
-                if received.bytes > limits.max_study_bytes:
+                size += len(chunk)
+                if received.bytes + size > limits.max_study_bytes:
                     raise UploadError(413, "study_too_large",
                                       f"the study's files must be at most {limits.max_study_bytes} bytes")
                 digest.update(chunk)
                 out.write(chunk)
-        received.digests.append(digest.hexdigest())
+        received.keep(target, digest.hexdigest(), size)
     return received

@@ -27,8 +27,13 @@ class ApiError(Exception):
         self.headers = headers
 
 
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    """The body of every refusal (also written by ``service.api.server`` for requests uvicorn cannot parse)."""
+    return {"error": {"code": code, "message": message}}
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

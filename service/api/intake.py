@@ -46,6 +46,7 @@ def parse_options(text: str | None, settings: IntakeSettings) -> JobOptions:
 
 async def accept_study(received: ReceivedStudy, source: str, options: JobOptions, force: bool,
                        store: JobStore, queue: JobQueue) -> tuple[Manifest, bool]:
-    """Validate the received study and make (and queue) its job, or return the live job made from the same files
-    and options. Raises ``StudyError`` for a refused study."""
+    """Validate the received study (its headers, then every image's pixel data decoded, one image at a time: in a
+    worker thread, so the event loop goes on serving) and make (and queue) its job, or return the live job made from
+    the same files and options. Raises ``StudyError`` for a refused study."""
     return await run_in_threadpool(intake.accept_study, received, source, options, force, store, queue)

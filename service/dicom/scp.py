@@ -7,7 +7,9 @@ passed in with ``evt_handlers=[(event, handler, [args])]``. Each refusal has its
 - an association from a calling AE title / source address pair not on the allow-list: A-ASSOCIATE-RJ, rejected
   permanent, "calling AE title not recognised" (the address is checked too: AE titles alone are spoofable);
 - more associations than ``scp_max_associations``: A-ASSOCIATE-RJ transient, local limit exceeded (pynetdicom);
-- an SOP class or transfer syntax we do not take: the presentation context is refused at negotiation;
+- an SOP class or transfer syntax we do not take: the presentation context is refused at negotiation (only the SOP
+  classes the study reader reads, ``dicomrt.instances.READABLE_IMAGE_SOP_CLASSES``: Enhanced CT, which it refuses,
+  is not taken in the first place);
 - the store below its disk watermark, or a study over the size or file limits: 0xA700 (out of resources);
 - a dataset that is not a CT image: 0xA900; one that cannot be decoded: 0xC000; an unexpected error: 0xC001.
 """
@@ -32,9 +34,10 @@ from pydicom.uid import (
 )
 from pydicom.uid import JPEGLossless as JPEGLosslessP14
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import CTImageStorage, EnhancedCTImageStorage, Verification
+from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicomrt.instances import READABLE_IMAGE_SOP_CLASSES
 from dicomrt.reader import scan_study
 from jobs.manifest import LateArrival, Manifest
 from jobs.store import JobStore
@@ -50,7 +53,7 @@ logger = logging.getLogger(__name__)
 # What the reader decodes (pylibjpeg): uncompressed, RLE, JPEG lossless, JPEG-LS lossless, JPEG 2000 lossless.
 TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, RLELossless,
                      JPEGLosslessSV1, JPEGLosslessP14, JPEGLSLossless, JPEG2000Lossless]
-STORAGE_CLASSES = (CTImageStorage, EnhancedCTImageStorage)
+STORAGE_CLASSES = tuple(sorted(READABLE_IMAGE_SOP_CLASSES))
 UNEXPECTED = 0xC001
 REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
 

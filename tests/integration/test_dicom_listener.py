@@ -152,6 +152,19 @@ def _send(port: int, path: Path) -> int:
         _config.STORE_SEND_CHUNKED_DATASET = False
 
 
+def test_enhanced_ct_which_the_reader_refuses_is_not_taken_at_negotiation(tmp_path):
+    from pynetdicom.sop_class import CTImageStorage, EnhancedCTImageStorage
+
+    with running_listener(listener_settings(tmp_path), RecordingQueue()) as listener:
+        assoc = associate(listener.port, contexts=(EnhancedCTImageStorage, CTImageStorage))
+        assert assoc.is_established
+        try:
+            accepted = {c.abstract_syntax for c in assoc.accepted_contexts}
+            assert accepted == {CTImageStorage}  # Enhanced CT refused here, not stored and refused later
+        finally:
+            assoc.release()
+
+
 def test_undecodable_dataset_is_refused_and_nothing_is_kept(study, tmp_path):
     source = sorted(study.iterdir())[0]
     garbage = tmp_path / "garbage.dcm"  # valid file meta, then bytes that are no dataset
@@ -190,6 +203,7 @@ def test_incomplete_study_is_refused_after_the_idle_timeout_with_the_readers_mes
     with TestClient(create_app(gateway, queue=queue, maintenance=False)) as client:
         public = client.get(f"/v1/jobs/{job.id}", headers=AUTH).json()
     assert public["state"] == "failed" and public["input"]["source"] == "dicom"
+    assert public["stage"] == "reading"  # where it was refused, not "queued": it never was
     assert public["error"]["code"] == "incomplete_study"
     assert re.match(r"respiratory phases missing: \d+% \(found 0%, 10%, ", public["error"]["message"])
 

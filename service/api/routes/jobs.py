@@ -54,11 +54,12 @@ def job_url(request: Request, job_id: str) -> str:
 @router.post(
     "", status_code=202, response_model=JobCreated, openapi_extra=_UPLOAD_BODY,
     responses={200: {"model": JobCreated, "description": "The same study (and options) already has a live job."},
-               400: {"model": ErrorBody, "description": "Malformed upload, unsafe zip path."},
+               400: {"model": ErrorBody, "description": "Malformed or empty upload, unsafe zip path."},
                413: {"model": ErrorBody, "description": "Upload, study, file count or zip ratio over a limit."},
                415: {"model": ErrorBody, "description": "Neither a zip nor multipart/form-data."},
-               422: {"model": ErrorBody, "description": "The study is refused by the reader, or an option is invalid "
-                                                        "(the message says why and names the field)."},
+               422: {"model": ErrorBody, "description": "The study is refused by the reader (its headers, or pixel "
+                                                        "data that cannot be decoded), or an option is invalid (the "
+                                                        "message says why and names the field)."},
                507: {"model": ErrorBody, "description": "The job store is below its disk watermark."}})
 async def create_job(
     request: Request, settings: SettingsDep, store: JobStoreDep, queue: QueueDep, metrics: MetricsDep, _: ApiKeyDep,
