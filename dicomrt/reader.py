@@ -148,19 +148,18 @@ def scan_study(
 
 def load_volume(series: SeriesInfo) -> np.ndarray:
     """The HU volume of ``series``: (z, y, x) on ``series.geometry``; int16 when every slice's rescale is an integer
-    shift (slope 1), else float32."""
+    shift (slope 1), else float32. A slice that cannot be decoded refuses the study, naming the series and the slice
+    (``decode_slice``)."""
     instances = series.instances
     exact = all(h.rescale_slope == 1 and float(h.rescale_intercept).is_integer() for h in instances)
     volume = np.empty(series.geometry.shape, dtype=np.int16 if exact else np.float32)
     for k, header in enumerate(instances):
         try:
-            raw = _pixels(header)
-        except Exception as exc:  # any decoder failure becomes a refusal naming the slice and its encoding
-            raise PixelDecodeError(f"{_describe(series)}: cannot decode slice {k} "
-                                   f"({transfer_syntax_name(header.transfer_syntax_uid)}): {exc}") from exc
-        if raw.shape != volume.shape[1:]:
-            raise ImplausiblePixelDataError(f"{_describe(series)}: slice {k} decodes to {raw.shape}, its header "
-                                            f"declares {volume.shape[1:]}")
+            raw = decode_slice(header)
+            if raw.shape != volume.shape[1:]:
+                raise ImplausiblePixelDataError(f"decodes to {raw.shape}, the series' grid is {volume.shape[1:]}")
+        except (PixelDecodeError, ImplausiblePixelDataError) as exc:
+            raise type(exc)(f"{_describe(series)}: slice {k} {exc}") from exc
         if exact:
             low, high = int(raw.min()) + int(header.rescale_intercept), int(raw.max()) + int(header.rescale_intercept)
             if low < -32768 or high > 32767:
@@ -170,6 +169,21 @@ def load_volume(series: SeriesInfo) -> np.ndarray:
         else:
             volume[k] = raw * np.float32(header.rescale_slope) + np.float32(header.rescale_intercept)
     return volume
+
+
+def decode_slice(header: InstanceHeader) -> np.ndarray:
+    """The stored values of one image, (rows, columns), decoded as ``load_volume`` decodes every slice (the one
+    decoder of the job, the gateway's intake check and the listener's C-STORE check). Raises ``PixelDecodeError``
+    when no decoder reads it (absent or damaged pixel data) and ``ImplausiblePixelDataError`` when it decodes to
+    another shape than its header declares; the message says which encoding and what was wrong."""
+    try:
+        raw = _pixels(header)
+    except Exception as exc:  # any decoder failure becomes a refusal naming the encoding
+        raise PixelDecodeError(f"cannot be decoded ({transfer_syntax_name(header.transfer_syntax_uid)}): {exc}"
+                               ) from exc
+    if raw.shape != (header.rows, header.columns):
+        raise ImplausiblePixelDataError(f"decodes to {raw.shape}, its header declares {(header.rows, header.columns)}")
+    return raw
 
 
 def _pixels(header: InstanceHeader) -> np.ndarray:
@@ -354,6 +368,11 @@ def _check_pixel_format(headers: Sequence[InstanceHeader], limits: ReaderLimits)
 
 
 # --- grouping into volumes -----------------------------------------------------------------------------------------
+
+
+def describe_series(series: SeriesInfo) -> str:
+    """How refusals name a series: number, description, hash of its UID and its phase (no patient data)."""
+    return _describe(series)
 
 
 def _describe(series: SeriesInfo | Sequence[InstanceHeader], label: str | None = None) -> str:

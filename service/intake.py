@@ -14,15 +14,12 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from dicomrt.errors import StudyError
-from dicomrt.geometry import Geometry
-from dicomrt.instances import InstanceHeader
-from dicomrt.reader import load_volume, scan_study
-from dicomrt.study import SeriesInfo, StudyIndex, index_summary
+from dicomrt.errors import ImplausiblePixelDataError, PixelDecodeError, StudyError
+from dicomrt.reader import decode_slice, describe_series, scan_study
+from dicomrt.study import StudyIndex, index_summary
 from jobs.manifest import Delivery, InputInfo, JobError, JobProgress, JobState, Manifest, new_job_id
 from jobs.options import JobOptions
 from jobs.store import JobStore
@@ -54,8 +51,8 @@ def validate_study(folder: Path) -> StudyIndex:
 
 
 def check_pixel_data(index: StudyIndex) -> None:
-    """Decode every image of the study's phases and projections as the worker will (``dicomrt.reader.load_volume``:
-    pydicom's decoders, the same refusals), one image at a time and nothing kept, so that a study whose pixel data
+    """Decode every image of the study's phases and projections as the worker will (``dicomrt.reader.decode_slice``:
+    the same decoders, the same refusals), one image at a time and nothing kept, so that a study whose pixel data
     cannot be decoded (e.g. RLE whose header claims more segments than the image has) is refused before a job is made:
     ``PixelDecodeError`` (``undecodable_pixel_data``) or ``ImplausiblePixelDataError``, naming the series, the slice
     and the file.
@@ -65,26 +62,10 @@ def check_pixel_data(index: StudyIndex) -> None:
     for series in (*index.phases, *index.derived):
         for k, header in enumerate(series.instances):
             try:
-                load_volume(_one_image(series, header))
-            except StudyError as exc:
-                message = f"{_renumbered(str(exc), series, k)} (file {header.path.name} of the upload)"
-                raise type(exc)(message) from exc
-
-
-def _renumbered(message: str, series: SeriesInfo, k: int) -> str:
-    """``load_volume``'s message about the one image of a ``_one_image`` view ("slice 0"), with the image's place in
-    the series instead: the first "slice 0" after the series' hash, so that a description holding those words is
-    left alone."""
-    anchor = f"[{series.uid_hash}]"
-    head, found, tail = message.partition(anchor)
-    return f"{head}{found}{tail.replace('slice 0', f'slice {k}', 1)}" if found else message
-
-
-def _one_image(series: SeriesInfo, header: InstanceHeader) -> SeriesInfo:
-    """``series`` reduced to one of its images (``load_volume`` then decodes only that one)."""
-    grid = series.geometry
-    geometry = Geometry(grid.affine, (1, *grid.shape[1:]), grid.frame_of_reference_uid, (header.sop_instance_uid,))
-    return replace(series, geometry=geometry, instances=(header,))
+                decode_slice(header)
+            except (PixelDecodeError, ImplausiblePixelDataError) as exc:
+                raise type(exc)(f"{describe_series(series)}: slice {k} {exc} (file {header.path.name} of the "
+                                "upload)") from exc
 
 
 def study_brief(index: StudyIndex) -> dict[str, Any]:

@@ -34,9 +34,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dicomrt.errors import StudyError
+from dicomrt.errors import ImplausiblePixelDataError, PixelDecodeError, StudyError
 from dicomrt.identifiers import short_hash
 from dicomrt.instances import InstanceHeader, Skip, read_header
+from dicomrt.reader import decode_slice
 from dicomrt.study import StudyIndex
 from jobs.manifest import LateArrival, Manifest
 from jobs.store import JobStore
@@ -293,9 +294,14 @@ class StudyCollector:
 
 
 def _check_pixels(header: InstanceHeader) -> None:
-    """Uncompressed pixel data must hold every pixel the header declares (compressed data is checked by decoding,
-    in the job)."""
+    """Uncompressed pixel data must hold every pixel the header declares; anything else (compressed, or no pixel data
+    at all) must decode, with the decoder of the job (``dicomrt.reader.decode_slice``): an instance the job would
+    refuse is refused now, 0xC000, instead of being stored and the study refused later."""
     if header.native_pixels is None:
+        try:
+            decode_slice(header)
+        except (PixelDecodeError, ImplausiblePixelDataError) as exc:
+            raise InstanceRefused(CANNOT_UNDERSTAND, f"the pixel data {exc}") from None
         return
     expected = header.rows * header.columns * header.samples_per_pixel * (header.bits_allocated // 8) \
         * max(header.number_of_frames, 1)

@@ -180,6 +180,37 @@ def test_undecodable_dataset_is_refused_and_nothing_is_kept(study, tmp_path):
     assert [p.name for p in incoming_files(settings)] == ["000001.dcm"]
 
 
+def test_instances_the_job_could_not_decode_are_refused_at_c_store(study, tmp_path):
+    import struct
+
+    from pydicom.encaps import encapsulate, generate_frames
+    from pydicom.uid import RLELossless
+    from pynetdicom.sop_class import CTImageStorage
+
+    source = sorted(study.iterdir())[0]
+    no_pixels = pydicom.dcmread(source)
+    del no_pixels.PixelData
+    no_pixels.save_as(tmp_path / "no_pixels.dcm")
+    rle = pydicom.dcmread(source)
+    rle.compress(RLELossless, generate_instance_uid=False)
+    frame = bytearray(next(generate_frames(rle.PixelData, number_of_frames=1)))
+    _, *offsets = struct.unpack("<16I", frame[:64])  # the header claims 15 segments for a 2-segment image
+    frame[:64] = struct.pack("<16I", 15, offsets[0], offsets[1], *(offsets[1] + 10 * i for i in range(1, 14)))
+    rle.PixelData = encapsulate([bytes(frame)])
+    rle.save_as(tmp_path / "rle.dcm")
+    settings = listener_settings(tmp_path / "listener")
+    with running_listener(settings, RecordingQueue()) as listener:
+        assert _send(listener.port, tmp_path / "no_pixels.dcm") == 0xC000
+        ae = AE(ae_title=SENDER)
+        ae.add_requested_context(CTImageStorage, [RLELossless])
+        assoc = ae.associate("127.0.0.1", listener.port, ae_title="ITVSAM")
+        try:
+            assert assoc.send_c_store(pydicom.dcmread(tmp_path / "rle.dcm")).Status == 0xC000
+        finally:
+            assoc.release()
+    assert incoming_files(settings) == []
+
+
 def test_store_below_its_disk_watermark_answers_out_of_resources(study, tmp_path):
     settings = listener_settings(tmp_path, min_free_fraction=0.999999)
     with running_listener(settings, RecordingQueue()) as listener:

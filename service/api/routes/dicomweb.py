@@ -19,7 +19,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from dicomrt.errors import StudyError
-from dicomrt.instances import InstanceHeader, Skip, read_header
+from dicomrt.identifiers import is_valid_uid
+from dicomrt.instances import MALFORMED_DICOM_ERRORS, InstanceHeader, Skip, read_header
 from service.api.deps import ApiKeyDep, JobStoreDep, MetricsDep, QueueDep, SettingsDep
 from service.api.errors import ApiError
 from service.api.intake import accept_study, check_disk, parse_options
@@ -73,11 +74,14 @@ def _classify(received: ReceivedStudy) -> tuple[list[Instance], ReceivedStudy]:
 
 
 def _uids(path: Path) -> tuple[str, str]:
+    """The part's SOP class and instance UIDs for the STOW response, "" where they cannot be read (a part called
+    "not CT" may still be malformed: its values are parsed lazily, so they are read inside the guard too)."""
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
-    except Exception:  # the part was readable enough to be called "not CT"; its UIDs are only for the report
+        sop_class, sop_instance = str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", ""))
+    except MALFORMED_DICOM_ERRORS:
         return "", ""
-    return str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", ""))
+    return (sop_class if is_valid_uid(sop_class) else ""), (sop_instance if is_valid_uid(sop_instance) else "")
 
 
 def _ui(value: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import json
 import time
 import zipfile
 
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 
@@ -160,6 +161,26 @@ def test_stow_rs_answers_the_standard_response(gateway, study):
     assert referenced[0]["00081190"]["Value"] == [response.headers["location"]]
     assert answer["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
     assert queue.sent == [response.headers["location"].rsplit("/", 1)[1]]
+
+
+def test_stow_with_a_malformed_non_ct_part_reports_it_and_never_500s(gateway, study, tmp_path):
+    client, queue, _ = gateway
+    files = sorted(study["dicom"].iterdir())
+    ds = pydicom.dcmread(files[0])
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # an MR image: "not CT"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5.6.7.8.9.123"
+    ds.save_as(tmp_path / "mr.dcm")
+    data = bytearray((tmp_path / "mr.dcm").read_bytes())
+    at = data.rindex(b"1.2.3.4.5.6.7.8.9.123")  # its dataset's (not its file meta's) copy of the SOPInstanceUID
+    data[at - 4:at - 2] = b"\x55\xfe"  # the VR code of (0008,0018) flipped into an unknown one
+    (tmp_path / "mr.dcm").write_bytes(bytes(data))
+    body, content_type = stow_body([*files, tmp_path / "mr.dcm"])
+    response = client.post("/dicomweb/studies", content=body, headers={**AUTH, "Content-Type": content_type})
+    assert response.status_code == 202, response.text
+    failed = response.json()["00081198"]["Value"]
+    assert len(failed) == 1 and failed[0]["00081197"]["Value"] == [0x0122]  # SOP class not supported
+    assert "Value" not in failed[0]["00081155"]  # its UIDs could not be read: reported empty, not a 500
+    assert len(queue.sent) == 1
 
 
 def test_stow_of_an_incomplete_study_is_409_with_a_warning(gateway, study, tmp_path):
