@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import struct
 import time
 import zipfile
 from pathlib import Path
 
 import httpx
+import pydicom
 import pytest
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.uid import RLELossless
 
 from tests.conftest import require_tool
 from tests.support.dicom import SENDER, dcmtk, storescu
@@ -107,13 +112,44 @@ def c_store_status(port: int, path: Path) -> int:
         _config.STORE_SEND_CHUNKED_DATASET = False
 
 
+def damaged_rle(source: Path, out: Path) -> Path:
+    """``source`` compressed to RLE whose header claims 15 segments for its 2 (the reader cannot decode it)."""
+    ds = pydicom.dcmread(source)
+    ds.compress(RLELossless, generate_instance_uid=False)
+    frame = bytearray(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    _, *offsets = struct.unpack("<16I", frame[:64])
+    frame[:64] = struct.pack("<16I", 15, offsets[0], offsets[1], *(offsets[1] + 10 * i for i in range(1, 14)))
+    ds.PixelData = encapsulate([bytes(frame)])
+    ds.save_as(out)
+    return out
+
+
+def edited_copy(study: Path, out: Path, edit) -> Path:
+    """A copy of the study folder whose first file is replaced by ``edit(source, target)``."""
+    shutil.copytree(study, out)
+    first = sorted(out.iterdir())[0]
+    edit(first, first)
+    return out
+
+
+def _invalid_uid(source: Path, out: Path) -> None:
+    ds = pydicom.dcmread(source)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "../../x"
+    ds.save_as(out)
+
+
 def _hostile_cases(root: Path, study: Path) -> list[tuple[str, bytes, dict[str, str], int, str]]:
     """(name, body, headers, HTTP status, error code) of each hostile upload."""
     text = root / "text.zip"
     with zipfile.ZipFile(text, "w") as archive:
         archive.writestr("notes.txt", "not a CT")
     zip_type = {"Content-Type": "application/zip"}
+    rle = zip_folder(edited_copy(study, root / "rle", damaged_rle), root / "rle.zip")
+    uid = zip_folder(edited_copy(study, root / "uid", _invalid_uid), root / "uid.zip")
     return [
+        ("damaged_rle", rle.read_bytes(), zip_type, 422, "undecodable_pixel_data"),
+        ("invalid_uid", uid.read_bytes(), zip_type, 422, "invalid_uid"),
+        ("empty", b"", zip_type, 400, "empty_upload"),
         ("not_dicom", text.read_bytes(), zip_type, 422, "no_ct"),
         ("bomb", zip_bomb(root / "bomb.zip").read_bytes(), zip_type, 413, "zip_bomb"),
         ("slip", zip_slip(root / "slip.zip", study).read_bytes(), zip_type, 400, "unsafe_zip_path"),
