@@ -80,7 +80,7 @@ def finished(client: httpx.Client, job_id: str, timeout_s: float) -> dict:
         "succeeded", "failed", "cancelled") and j, timeout_s)
 
 
-def test_kill_9_whole_worker_mid_job_and_the_idle_one_runs_it_within_lease_and_maintenance(stack, inputs):
+def test_kill_9_whole_worker_mid_job_and_the_idle_one_runs_it_within_lease_and_maintenance(stack, inputs, measured):
     client, procs, env = stack["client"], stack["procs"], stack["env"]
     procs["worker1"] = start_worker(env, stack["tmp"] / "worker1.log")
     job_id = submit(client, inputs["zip"])
@@ -97,6 +97,9 @@ def test_kill_9_whole_worker_mid_job_and_the_idle_one_runs_it_within_lease_and_m
     done = finished(client, job_id, 150)
     assert done["state"] == "succeeded", (done, procs["worker2"].tail())
     assert done["attempts"] == 2 and recovered_s <= bound_s  # run again once, long before the visibility timeout
+    measured(f"whole worker SIGKILLed mid-job: attempt 2 started {recovered_s:.1f} s later (lease "
+             f"{env['ITVSAM_LEASE_S']} s, maintenance every {env['ITVSAM_MAINTENANCE_INTERVAL_S']} s, visibility "
+             f"timeout {env['ITVSAM_VISIBILITY_TIMEOUT_S']} s)")
     assert client.get(f"/v1/jobs/{job_id}/rtstruct").status_code == 200
 
 
