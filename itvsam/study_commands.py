@@ -17,6 +17,7 @@ from dicomrt.layout import OutputLayout
 from dicomrt.outputs import write_outputs
 from dicomrt.phantom import (
     Artifact,
+    Breathing,
     Compression,
     PhantomConfig,
     PhantomSize,
@@ -45,14 +46,24 @@ def phantom(
     artifact: Annotated[list[Artifact] | None, typer.Option(help="Inject a 4DCT artefact (repeatable).")] = None,
     compression: Annotated[Compression, typer.Option(help="Transfer syntax (all lossless).")] = Compression.NONE,
     amplitude_mm: Annotated[float, typer.Option(help="Superior-inferior tumour motion, peak to peak.")] = 15.0,
+    amplitude_ap_mm: Annotated[float, typer.Option(help="Anterior-posterior tumour motion, peak to peak.")] = 4.0,
+    amplitude_lr_mm: Annotated[float, typer.Option(help="Left-right tumour motion, peak to peak.")] = 2.0,
+    tumour_diameter_mm: Annotated[float | None, typer.Option(help="Equivalent-sphere diameter (5-60 mm); default: "
+                                                                  "drawn from the seed in 15-40 mm.")] = None,
+    breathing: Annotated[Breathing, typer.Option(help="regular: cos^4 curve; irregular: end-exhale plateau, faster "
+                                                      "inhale, turning points between phases.")]
+    = Breathing.REGULAR,
 ) -> None:
     """Write a synthetic 4DCT phantom study (10 phases) and its exact truth masks. Synthetic, not patient data."""
     try:
-        config = PhantomConfig(seed=seed, size=size, amplitude_si_mm=amplitude_mm, artifacts=tuple(artifact or ()))
+        config = PhantomConfig(seed=seed, size=size, amplitude_si_mm=amplitude_mm, amplitude_ap_mm=amplitude_ap_mm,
+                               amplitude_lr_mm=amplitude_lr_mm, tumour_diameter_mm=tumour_diameter_mm,
+                               artifacts=tuple(artifact or ()), breathing=breathing)
+        generated = generate_phantom(config)  # refuses a tumour too large or too mobile for the lung
     except ValueError as exc:
         raise fail(EXIT_USAGE, "invalid_phantom", str(exc)) from None
     empty_output(out_dir, force=None)
-    files = write_phantom(generate_phantom(config), out_dir, vendor=vendor, aip=aip, compression=compression)
+    files = write_phantom(generated, out_dir, vendor=vendor, aip=aip, compression=compression)
     console.print(f"wrote {len(files.paths)} DICOM files to {files.dicom_dir} ({vendor.value}, "
                   f"{compression.value}) and the truth to {files.truth_npz}", highlight=False)
 

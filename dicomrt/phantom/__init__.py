@@ -7,7 +7,7 @@ is end-inhale, 50 % end-exhale. Synthetic phantom, not patient data.
 """
 
 from dicomrt.phantom.artifacts import ArtifactRecord
-from dicomrt.phantom.config import Artifact, Compression, PhantomConfig, PhantomSize, VendorStyle
+from dicomrt.phantom.config import Artifact, Breathing, Compression, PhantomConfig, PhantomSize, VendorStyle
 from dicomrt.phantom.generate import STRUCTURES, Phantom4D, TumourInfo, generate_phantom, slab
 from dicomrt.phantom.writer import PhantomFiles, VolumeFiles, pixel_encoding, series_description, write_phantom
 
@@ -15,6 +15,7 @@ __all__ = [
     "STRUCTURES",
     "Artifact",
     "ArtifactRecord",
+    "Breathing",
     "Compression",
     "Phantom4D",
     "PhantomConfig",

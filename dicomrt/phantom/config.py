@@ -49,11 +49,21 @@ class Compression(StrEnum):
     JPEG2000 = "jpeg2000"  # JPEG 2000 Image Compression (Lossless Only)
 
 
+class Breathing(StrEnum):
+    """The breathing pattern of the phantom (see ``dicomrt.phantom.breathing.BreathingTrace``)."""
+
+    REGULAR = "regular"  # the Lujan curve cos^4(pi t): symmetric, turning points at 0 % and 50 %
+    IRREGULAR = "irregular"  # a drawn trace: end-exhale plateau, faster inhale, turning points between phases
+
+
 class PhantomSize(StrEnum):
-    """Voxel grid of a phantom: ``small`` for tests (128 x 128 x 44, 3 x 3 x 5 mm), ``full`` like a clinical 4DCT
-    (512 x 512 x 120, 0.9 x 0.9 x 2.5 mm)."""
+    """Voxel grid of a phantom: ``small`` for tests (128 x 128 x 44, 3 x 3 x 5 mm), ``medium`` with a clinical 4DCT's
+    slices on the same field of view (192 x 192 x 88, 2 x 2 x 2.5 mm: fine enough that a small tumour's voxelisation
+    does not dominate what refinement is measured by), ``full`` like a clinical 4DCT (512 x 512 x 120, 0.9 x 0.9 x
+    2.5 mm)."""
 
     SMALL = "small"
+    MEDIUM = "medium"
     FULL = "full"
 
 
@@ -80,6 +90,7 @@ class GridSpec:
 
 GRIDS: dict[PhantomSize, GridSpec] = {
     PhantomSize.SMALL: GridSpec(shape=(44, 128, 128), spacing_mm=(5.0, 3.0, 3.0)),
+    PhantomSize.MEDIUM: GridSpec(shape=(88, 192, 192), spacing_mm=(2.5, 2.0, 2.0)),
     PhantomSize.FULL: GridSpec(shape=(120, 512, 512), spacing_mm=(2.5, 0.9, 0.9)),
 }
 
@@ -93,7 +104,8 @@ class PhantomConfig:
     percent from 0 % (end-inhale). ``amplitude_*_mm``: peak-to-peak tumour motion along the patient's
     superior-inferior, anterior-posterior and left-right axes (mm). ``tumour_diameter_mm``: diameter of the sphere
     with the tumour's volume (mm), or None to draw it from the seed in 15-40 mm. ``artifacts``: artefacts to inject,
-    each in its own phase. Strings are accepted for the enumerated fields and converted here, once.
+    each in its own phase. ``breathing``: ``"regular"`` or ``"irregular"`` (see ``Breathing``). Strings are accepted
+    for the enumerated fields and converted here, once.
     """
 
     seed: int
@@ -104,6 +116,7 @@ class PhantomConfig:
     amplitude_lr_mm: float = 2.0
     tumour_diameter_mm: float | None = None
     artifacts: tuple[Artifact, ...] = field(default=())
+    breathing: Breathing = Breathing.REGULAR
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer) or self.seed < 0:
@@ -137,6 +150,11 @@ class PhantomConfig:
             raise ValueError(f"{len(artifacts)} artifacts need at least {2 * len(artifacts)} phases, "
                              f"got {self.n_phases}")
         object.__setattr__(self, "artifacts", artifacts)
+        try:
+            object.__setattr__(self, "breathing", Breathing(self.breathing))
+        except ValueError:
+            raise ValueError(f"breathing must be one of {[b.value for b in Breathing]}, "
+                             f"got {self.breathing!r}") from None
 
     @property
     def grid(self) -> GridSpec:
@@ -158,6 +176,7 @@ class PhantomConfig:
             "amplitude_lr_mm": self.amplitude_lr_mm,
             "tumour_diameter_mm": self.tumour_diameter_mm,
             "artifacts": [a.value for a in self.artifacts],
+            "breathing": self.breathing.value,
         }
 
     @property

@@ -14,7 +14,7 @@ from dicomrt.geometry import Geometry
 from dicomrt.phantom.anatomy import Anatomy, draw_anatomy
 from dicomrt.phantom.artifacts import ArtifactRecord, apply_artifacts, plan_artifacts
 from dicomrt.phantom.breathing import MotionModel
-from dicomrt.phantom.config import GRIDS, TUMOUR_DIAMETER_DRAWN_MM, PhantomConfig, phantom_geometry
+from dicomrt.phantom.config import GRIDS, TUMOUR_DIAMETER_DRAWN_MM, Breathing, PhantomConfig, phantom_geometry
 from dicomrt.phantom.render import GridAxes, add_noise, render_phase, render_static, thorax_cache
 from dicomrt.phantom.tumour import draw_motion, draw_tumour_shape, place_tumour
 from dicomrt.phantom.vessels import draw_vessel_field, draw_vessel_tree
@@ -82,11 +82,7 @@ class Phantom4D:
             "seed": self.config.seed,
             "config": self.config.to_json(),
             "coordinates": "DICOM patient coordinates (LPS): x towards the patient's left, y posterior, z superior; mm",
-            "breathing": {
-                "convention": "0% = end-inhale, 50% = end-exhale",
-                "curve": "c(t) = cos^4(pi t), t = percent / 100; inhale moves the tumour inferiorly and anteriorly",
-                "percents": list(self.percents),
-            },
+            "breathing": self._breathing(),
             "grid": {
                 "shape_zyx": list(self.geometry.shape),
                 "spacing_mm_zyx": list(self.geometry.spacing_mm),
@@ -125,6 +121,23 @@ class Phantom4D:
             "artifacts": [a.to_json() for a in self.artifacts] or "none",
         }
 
+    def _breathing(self) -> dict[str, Any]:
+        """The "breathing" entry of ``describe``: the pattern, its trace and the curve formula actually used."""
+        described: dict[str, Any] = {"pattern": self.config.breathing.value,
+                                     "convention": "0% = end-inhale, 50% = end-exhale"}
+        if self.config.breathing is Breathing.REGULAR:
+            described["curve"] = ("c(t) = cos^4(pi t), t = percent / 100; inhale moves the tumour inferiorly and "
+                                  "anteriorly")
+        else:
+            trace = self.motion.trace
+            described["trace"] = {"warp": trace.warp, "skew": trace.skew, "shift_cycles": trace.shift_cycles}
+            described["curve"] = ("c(t) = cos^4(pi w(t - shift_cycles)), w(s) = s + warp sin(2 pi s) / (2 pi) + "
+                                  "skew (1 - cos(2 pi s)) / (2 pi), t = percent / 100; warp > 0: end-exhale plateau, "
+                                  "skew < 0: inhale faster than exhale, shift_cycles: end-inhale off phase 0; "
+                                  "inhale moves the tumour inferiorly and anteriorly")
+        described["percents"] = list(self.percents)
+        return described
+
 
 def _rng(config: PhantomConfig, stream: int) -> np.random.Generator:
     return np.random.default_rng([config.seed, stream])
@@ -144,7 +157,7 @@ def generate_phantom(config: PhantomConfig) -> Phantom4D:
         diameter = float(tumour_rng.uniform(*TUMOUR_DIAMETER_DRAWN_MM))
     shape = draw_tumour_shape(tumour_rng, diameter)
     anatomy = draw_motion(tumour_rng, anatomy, (config.amplitude_si_mm, config.amplitude_ap_mm,
-                                                config.amplitude_lr_mm))
+                                                config.amplitude_lr_mm), config.breathing)
     site = place_tumour(tumour_rng, anatomy, shape, cycles, _Z_LIMITS_MM)
     tumour_hu = float(tumour_rng.uniform(20.0, 40.0))
     tree = draw_vessel_tree(_rng(config, _TREE), anatomy)

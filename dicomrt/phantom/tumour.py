@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dicomrt.phantom.anatomy import Anatomy
+from dicomrt.phantom.breathing import BreathingTrace
+from dicomrt.phantom.config import Breathing
 
 Array = np.ndarray
 
@@ -149,10 +151,17 @@ def place_tumour(rng: np.random.Generator, anatomy: Anatomy, shape: TumourShape,
                      f"tumour_diameter_mm or amplitude")
 
 
-def draw_motion(rng: np.random.Generator, anatomy: Anatomy, amplitudes_mm: tuple[float, float, float]) -> Anatomy:
+def draw_motion(rng: np.random.Generator, anatomy: Anatomy, amplitudes_mm: tuple[float, float, float],
+                breathing: Breathing) -> Anatomy:
     """The anatomy with the tumour's motion filled in: the configured (SI, AP, LR) amplitudes, AP and LR lagging the
-    SI component by a drawn fraction of the cycle, LR towards a drawn side."""
+    SI component by a drawn fraction of the cycle, LR towards a drawn side; for ``Breathing.IRREGULAR`` also the
+    thorax's ``BreathingTrace`` (plateau ``warp``, inhale ``skew`` and end-inhale ``shift_cycles``, of either sign).
+    Only an irregular phantom draws the trace, so a regular one's later draws (site, HU) do not depend on it."""
     motion = dataclasses.replace(anatomy.motion, tumour_mm=tuple(float(a) for a in amplitudes_mm),
                                  tumour_lag_cycles=(rng.uniform(0.06, 0.12), rng.uniform(0.03, 0.10)),
                                  lr_sign=float(rng.choice([-1.0, 1.0])))
+    if breathing is Breathing.IRREGULAR:
+        trace = BreathingTrace(warp=float(rng.uniform(0.15, 0.35)), skew=float(rng.uniform(-0.45, -0.25)),
+                               shift_cycles=float(rng.uniform(0.015, 0.04) * rng.choice([-1.0, 1.0])))
+        motion = dataclasses.replace(motion, trace=trace)
     return dataclasses.replace(anatomy, motion=motion)

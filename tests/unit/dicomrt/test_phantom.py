@@ -10,10 +10,12 @@ import pydicom
 import pytest
 from pydicom.pixels import apply_modality_lut
 from scipy import ndimage
+from typer.testing import CliRunner
 
 from dicomrt.phantom import (
     STRUCTURES,
     Artifact,
+    Breathing,
     Compression,
     Phantom4D,
     PhantomConfig,
@@ -25,8 +27,9 @@ from dicomrt.phantom import (
     slab,
     write_phantom,
 )
-from dicomrt.phantom.breathing import breathing_curve
+from dicomrt.phantom.breathing import BreathingTrace, breathing_curve
 from dicomrt.phantom.generate import anatomy_of
+from itvsam.cli import app
 
 PERCENTS = (0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0)
 
@@ -51,6 +54,7 @@ def phantoms() -> list[Phantom4D]:
     ({"seed": 1, "artifacts": ("smear",)}, "artifacts must be among"),
     ({"seed": 1, "artifacts": ("sorting", "sorting")}, "each artifact may be asked for once"),
     ({"seed": 1, "n_phases": 1}, "n_phases must be between 2 and 40"),
+    ({"seed": 1, "breathing": "deep"}, r"breathing must be one of \['regular', 'irregular'\], got 'deep'"),
 ])
 def test_config_refuses_bad_values(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
@@ -58,11 +62,15 @@ def test_config_refuses_bad_values(kwargs, message) -> None:
 
 
 def test_config_converts_strings_once() -> None:
-    config = PhantomConfig(seed=3, size="full", artifacts=("sorting", Artifact.DUPLICATE))
+    config = PhantomConfig(seed=3, size="full", artifacts=("sorting", Artifact.DUPLICATE), breathing="irregular")
     assert config.size.value == "full"
     assert config.artifacts == (Artifact.SORTING, Artifact.DUPLICATE)
+    assert config.breathing is Breathing.IRREGULAR
     assert config.percents == PERCENTS
     assert json.loads(json.dumps(config.to_json()))["artifacts"] == ["sorting", "duplicate"]
+    assert config.to_json()["breathing"] == "irregular"
+    assert PhantomConfig(seed=3).breathing is Breathing.REGULAR
+    assert config.digest != PhantomConfig(seed=3, size="full", artifacts=("sorting", "duplicate")).digest
 
 
 # ----- determinism ---------------------------------------------------------------------------------------------------
@@ -195,6 +203,52 @@ def test_trajectory_is_a_loop_not_a_line(phantom) -> None:
     assert at_10[2] == pytest.approx(at_90[2])  # the SI curve is symmetric about end-inhale...
     assert abs(at_10[1] - at_90[1]) > 0.5  # ...the AP component lags: exhale and inhale paths differ
     assert breathing_curve(0.0) == 1.0 and breathing_curve(0.5) == pytest.approx(0.0)
+
+
+def test_the_default_trace_is_the_regular_curve() -> None:
+    t = np.linspace(-1.0, 2.0, 3001)
+    np.testing.assert_array_equal(BreathingTrace()(t), breathing_curve(t))
+    trace = BreathingTrace(warp=0.3, skew=-0.4, shift_cycles=0.03)
+    np.testing.assert_allclose(trace(t + 1.0), trace(t), atol=1e-12)  # still one cycle
+    assert trace(0.03) == pytest.approx(1.0)  # end-inhale moved to t = shift_cycles
+    values = trace(t)
+    assert values.min() >= 0.0 and values.max() <= 1.0
+
+
+@pytest.mark.parametrize(("warp", "skew"), [(0.6, -0.4), (1.0, 0.0), (0.0, -1.2)])
+def test_a_trace_that_would_run_backwards_is_refused(warp, skew) -> None:
+    with pytest.raises(ValueError, match=rf"\|warp\| \+ \|skew\| must be below 1 .*got warp={warp}, skew={skew}"):
+        BreathingTrace(warp=warp, skew=skew)
+    with pytest.raises(ValueError, match="must be finite"):
+        BreathingTrace(shift_cycles=float("nan"))
+
+
+@pytest.fixture(scope="module")
+def irregular() -> Phantom4D:
+    """The issue's case: a small tumour moving fast, breathing irregularly."""
+    return generate_phantom(PhantomConfig(seed=4, amplitude_si_mm=22.0, amplitude_lr_mm=7.0, tumour_diameter_mm=20.0,
+                                          breathing="irregular"))
+
+
+def test_irregular_breathing_has_a_plateau_a_fast_inhale_and_an_unsampled_peak(irregular) -> None:
+    centroids = irregular.tumour_centroids_mm
+    z = centroids[:, 2]
+    n = len(z)
+    inhale, exhale = int(np.argmin(z)), int(np.argmax(z))  # end-inhale is lowest, end-exhale highest
+    assert (inhale - exhale) % n < (exhale - inhale) % n, z  # fewer phases from end-exhale to end-inhale than back
+    run = longest = 0
+    for near_exhale in np.tile(np.abs(z - z[exhale]) <= 1.5, 2):  # twice round: runs may wrap past phase 0
+        run = run + 1 if near_exhale else 0
+        longest = max(longest, run)
+    assert longest >= 3, z  # an end-exhale plateau
+    midpoints = (np.roll(centroids, 1, axis=0) + np.roll(centroids, -1, axis=0)) / 2.0
+    assert np.abs(centroids - midpoints).max() >= 3.0, centroids  # a phase its neighbours do not predict
+    assert abs(np.ptp(z) - 22.0) <= 3.0, z
+    described = irregular.describe()["breathing"]
+    assert described["pattern"] == "irregular" and "w(t - shift_cycles)" in described["curve"]
+    trace = irregular.motion.trace
+    assert described["trace"] == {"warp": trace.warp, "skew": trace.skew, "shift_cycles": trace.shift_cycles}
+    assert 0.15 <= trace.warp <= 0.35 and -0.45 <= trace.skew <= -0.25 and 0.015 <= abs(trace.shift_cycles) <= 0.04
 
 
 def test_breathing_moves_diaphragm_lungs_and_heart(phantom) -> None:
@@ -428,6 +482,31 @@ def test_truth_json_describes_artifacts(tmp_path) -> None:
     assert record["phase_index"] == altered.artifacts[0].phase_index
     assert record["slices"] == {"start": altered.artifacts[0].slices[0], "stop": altered.artifacts[0].slices[1]}
     assert "sorting artifact" in record["description"]
+
+
+def test_the_phantom_command_writes_an_irregular_small_fast_tumour(tmp_path) -> None:
+    result = CliRunner().invoke(app, ["phantom", str(tmp_path / "out"), "--seed", "4", "--breathing", "irregular",
+                                      "--tumour-diameter-mm", "15", "--amplitude-mm", "22", "--amplitude-lr-mm", "7",
+                                      "--amplitude-ap-mm", "5"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    described = json.loads((tmp_path / "out" / "truth.json").read_text())
+    expected = {"seed": 4, "breathing": "irregular", "tumour_diameter_mm": 15.0, "amplitude_si_mm": 22.0,
+                "amplitude_ap_mm": 5.0, "amplitude_lr_mm": 7.0}
+    assert {key: described["config"][key] for key in expected} == expected
+    assert described["breathing"]["pattern"] == "irregular"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--tumour-diameter-mm", "80"], "tumour_diameter_mm must be between 5.0 and 60.0 mm, got 80.0"),
+    (["--amplitude-lr-mm", "-1"], "amplitude_lr_mm must be between 0 and 40"),
+    (["--tumour-diameter-mm", "60", "--amplitude-mm", "40", "--amplitude-ap-mm", "40", "--amplitude-lr-mm", "40"],
+     "cannot place a tumour of"),
+])
+def test_the_phantom_command_refuses_bad_values_before_writing(tmp_path, args, message) -> None:
+    result = CliRunner().invoke(app, ["phantom", str(tmp_path / "out"), *args], env={"COLUMNS": "500"})
+    assert result.exit_code == 2, result.output
+    assert "error [invalid_phantom]: " in result.output and message in result.output
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("compression", [Compression.RLE, Compression.JPEG2000])
