@@ -179,13 +179,13 @@ class StructureSpec:
 
 @dataclass(frozen=True)
 class TemporalSettings:
-    """The phase-coherent temporal filter of a 4DCT's masks (``model.refine``, module docstring steps 3-4).
+    """The phase-coherent temporal filter of a 4DCT's masks (``model.refine``, module docstring steps 3-5).
 
     ``min_phases``: support needed to keep a component (3 removes anything present in at most 2 neighbouring phases).
     ``motion_tolerance_mm``: how far (mm, surface to surface) a component may move from one phase to the next and still
     count as the same object. ``max_gap``: phases a run may bridge where the object is missing (dropouts).
-    ``cyclic``: phases wrap around (respiration); False for a non-periodic series. ``fill_gaps``: fill bridged phases
-    by shape interpolation.
+    ``cyclic``: phases wrap around (respiration); False for a non-periodic series. ``fill_gaps``: refill bridged phases
+    (at the periodic motion model's position, or from the model's sub-threshold response).
     """
 
     min_phases: int = 3

@@ -30,7 +30,7 @@ from dicomrt.structures import StructureSpec, TemporalSettings
 from model.calibration import thresholds_for
 from model.datasets import AnnotatedVolume
 from model.metrics import dice, hd95
-from model.refine import refine_from_spec
+from model.refine import EVIDENCE_THRESHOLD, refine_from_spec
 from model.segment import Predictor, predict_phases
 
 COLUMNS = ("study", "structure", "phase", "dice", "hd95_mm", "volume_ml", "truth_ml", "volume_error_pct", "fp_slices")
@@ -83,9 +83,10 @@ def evaluate(predictor: Predictor, volumes: Sequence[AnnotatedVolume], template:
         predicted = predict_phases(predictor, [v.hu for v in phases], template, threshold)
         geometry = phases[0].geometry
         for spec in template:
-            masks = predicted[spec.name]
             if refine:
-                masks = refine_from_spec(spec, masks, geometry, temporal).refined
+                masks = refine_from_spec(spec, predicted[spec.name], geometry, temporal).refined
+            else:
+                masks = predicted[spec.name] >= EVIDENCE_THRESHOLD
             truth = np.stack([v.masks[spec.name] for v in phases])
             for k, volume in enumerate(phases):
                 rows.append(score(study, spec.name, str(volume.phase), masks[k], truth[k], geometry))

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from dicomrt.structures import StructureSpec
+from model.refine import to_evidence
 
 # (phase index, slices done in the phase, slices in the phase)
 PhaseProgress = Callable[[int, int, int], None]
@@ -27,16 +28,19 @@ class Predictor(Protocol):
 
 def predict_phases(predictor: Predictor, volumes: Sequence[np.ndarray], template: Sequence[StructureSpec],
                    thresholds: Mapping[str, float], progress: PhaseProgress | None = None) -> dict[str, np.ndarray]:
-    """Per structure of ``template`` a (phase, z, y, x) bool mask: the predictor's probability ≥ the structure's
-    threshold, for each (z, y, x) HU volume of ``volumes`` (the phases, in percent order, on one grid).
+    """Per structure of ``template`` its (phase, z, y, x) uint8 evidence (``model.refine.to_evidence``: the
+    predictor's probability relative to the structure's threshold, ≥ ``EVIDENCE_THRESHOLD`` where the probability is
+    at least the threshold), for each (z, y, x) HU volume of ``volumes`` (the phases, in percent order, on one
+    grid).
 
     The phases go through the predictor as one stream of slices (``SlicePredictor.predict_volumes``: the image encoder
     runs once per slice, in full batches across phase boundaries, and every structure's prompt reuses its features),
-    and each phase is thresholded as soon as it is done, so a full-size study holds bool volumes (1 byte a voxel).
+    and each phase becomes evidence as soon as it is done, so a full-size study holds 1 byte a voxel per structure, as
+    a mask would, with the sub-threshold response that refilling a dropout uses (``model.refine``, step 5).
     """
     prompts = {spec.name: spec.prompts for spec in template}
     shape = (len(volumes), *volumes[0].shape)
-    masks = {name: np.zeros(shape, dtype=bool) for name in prompts}
+    evidence = {name: np.zeros(shape, dtype=np.uint8) for name in prompts}
     starts = np.cumsum([0] + [len(v) for v in volumes])
 
     def on_batch(done: int, total: int) -> None:
@@ -46,5 +50,5 @@ def predict_phases(predictor: Predictor, volumes: Sequence[np.ndarray], template
 
     for k, prediction in predictor.predict_volumes(volumes, prompts, progress=on_batch):
         for name, structure in prediction.items():
-            masks[name][k] = structure.probability >= thresholds[name]
-    return masks
+            evidence[name][k] = to_evidence(structure.probability, thresholds[name])
+    return evidence

@@ -5,8 +5,9 @@ job manifest); ``itvsam demo`` drives it on a phantom. Stages hand typed data to
 read and only ``out_dir`` is written:
 
 ``reading``     ``scan_study`` + ``load_study`` (refusals raise ``StudyError``: bad input, never retried)
-``segmenting``  ``model.segment.predict_phases``: per structure a (phase, z, y, x) mask (probability ≥ the structure's
-                threshold: the job's, else the model's calibrated one)
+``segmenting``  ``model.segment.predict_phases``: per structure its (phase, z, y, x) uint8 evidence (the probability
+                relative to the structure's threshold, the job's, else the model's calibrated one: the mask is
+                evidence ≥ ``model.refine.EVIDENCE_THRESHOLD``, the weaker response is kept for refilling)
 ``refining``    ``model.refine.refine_from_spec`` per structure (phase-coherent temporal filter on a 4DCT,
                 connectivity per spec), the ITV (``dicomrt.itv``, with the job's margin), volumes, centroids and motion
 ``writing``     ``dicomrt.outputs.write_outputs`` (AIP/MIP the study lacks, RTSTRUCTs, DICOM SEG), then

@@ -1,5 +1,6 @@
 """The QA picture of a job (``report.png``): contours of every phase and the ITV on coronal and sagittal views through
-the target, and the target's centroid trajectory over the breathing cycle.
+the target, and the target's centroid trajectory over the breathing cycle; refilled phases (``model.refine``, step 5)
+are dashed in the views and hollow, labelled "refilled", on the trajectory.
 
 Matplotlib's object API (``Figure`` + Agg canvas) is used, so no global backend or pyplot state is touched.
 """
@@ -39,8 +40,9 @@ def qa_picture(study: Study4D, structures: Sequence[StructureResult], path: Path
         _view(axes, view, background, structures, target, centre, geometry, len(study.phases))
     _trajectory(trajectory, study, target)
     study_hash = study.index.study_hash
+    refilled = ", ".join(study.phases[k].label for k in target.masks.report.filled_phases) if target else ""
     figure.suptitle(f"itvsam QA — study {study_hash}, {len(study.phases)} phase(s); contours of every phase, ITV "
-                    f"bold — check before clinical use")
+                    f"bold{f', refilled phase(s) {refilled} dashed' if refilled else ''} — check before clinical use")
     figure.tight_layout()
     figure.savefig(path, format="png")
     return path
@@ -83,8 +85,10 @@ def _view(axes, view: str, background: np.ndarray, structures: Sequence[Structur
     for result in structures:
         stack = result.refined
         if result is target:
+            refilled = set(result.masks.report.filled_phases)
             for k in range(n_phases):
-                _outline(axes, take(stack[k]), extent, phases(k / max(1, n_phases - 1)), 0.8)
+                _outline(axes, take(stack[k]), extent, phases(k / max(1, n_phases - 1)), 0.8,
+                         "dashed" if k in refilled else "solid")
             _outline(axes, take(result.itv), extent, "red", 2.0)
         else:
             _outline(axes, take(stack[len(stack) // 2]), extent, np.array(result.spec.colour) / 255.0, 1.0)
@@ -93,10 +97,10 @@ def _view(axes, view: str, background: np.ndarray, structures: Sequence[Structur
     axes.set_ylabel("z (mm, head ↑)")
 
 
-def _outline(axes, mask: np.ndarray, extent, colour, width: float) -> None:
+def _outline(axes, mask: np.ndarray, extent, colour, width: float, style: str = "solid") -> None:
     if mask.any():
-        axes.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linewidths=width, origin="lower",
-                     extent=extent)
+        axes.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linewidths=width, linestyles=style,
+                     origin="lower", extent=extent)
 
 
 def _trajectory(axes, study: Study4D, target: StructureResult | None) -> None:
@@ -109,10 +113,14 @@ def _trajectory(axes, study: Study4D, target: StructureResult | None) -> None:
     centroids = np.round(target.motion.centroids_lps_mm, 3)
     present = ~np.isnan(centroids[:, 0])
     ys, zs = centroids[present, 1], centroids[present, 2]
-    axes.plot(np.append(ys, ys[:1]), np.append(zs, zs[:1]), "-o", color="tab:red")
+    axes.plot(np.append(ys, ys[:1]), np.append(zs, zs[:1]), "-", color="tab:red")
+    refilled = np.isin(np.arange(len(study.phases)), target.masks.report.filled_phases)[present]
+    axes.plot(ys[~refilled], zs[~refilled], "o", color="tab:red")
+    axes.plot(ys[refilled], zs[refilled], "o", markerfacecolor="white", markeredgecolor="tab:red")
     labels = np.array([p.label for p in study.phases])[present]
-    for (y, z), phase in zip(zip(ys, zs, strict=True), labels, strict=True):
-        axes.annotate(phase, (y, z), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for y, z, phase, filled in zip(ys, zs, labels, refilled, strict=True):
+        axes.annotate(f"{phase} (refilled)" if filled else phase, (y, z), textcoords="offset points", xytext=(4, 4),
+                      fontsize=8)
     lr, ap, si = np.round(target.motion.amplitude_mm, 3)
     axes.set_title(f"{target.spec.name} centroid: amplitude LR {lr:.1f}, AP {ap:.1f}, SI {si:.1f} mm")
     axes.set_xlabel("y (mm, posterior →)")

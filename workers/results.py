@@ -16,15 +16,14 @@ from dicomrt.study import Study4D, index_summary
 from jobs.options import JobOptions
 from model.identity import ModelIdentity
 from model.motion import Motion
-from model.refine import PhaseMasks
+from model.refine import PhaseMasks, RefillSource
 
 
 @dataclass(frozen=True, eq=False)
 class StructureResult:
-    """One structure over the phases. ``threshold``: the one its probability was cut at; ``masks``: raw and refined
-    (phase, z, y, x) bool with the refinement report (no probability: the pipeline thresholds phase by phase);
-    ``itv``: (z, y, x) bool union over phases (structures whose spec has ``itv``), ``itv_expanded`` the same expanded
-    by the job's margin (None without one)."""
+    """One structure over the phases. ``threshold``: the one its probability was cut at; ``masks``: the evidence, raw
+    and refined (phase, z, y, x) masks with the refinement report; ``itv``: (z, y, x) bool union over phases
+    (structures whose spec has ``itv``), ``itv_expanded`` the same expanded by the job's margin (None without one)."""
 
     spec: StructureSpec
     threshold: float
@@ -36,6 +35,17 @@ class StructureResult:
     @property
     def refined(self) -> np.ndarray:
         return self.masks.refined
+
+    @property
+    def observed_phases(self) -> tuple[int, ...]:
+        """The phases (indices) where the structure was found and nothing was refilled."""
+        filled = set(self.masks.report.filled_phases)
+        return tuple(k for k, mask in enumerate(self.refined) if mask.any() and k not in filled)
+
+    def observed_itv(self) -> np.ndarray:
+        """The union over the observed phases only: what the ITV would be without its refills (a phase with any
+        refill is left out whole; empty when nothing was observed)."""
+        return self.refined[list(self.observed_phases)].any(axis=0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,8 +65,9 @@ class JobResult:
         return next(r for r in self.structures if r.spec.name == name)
 
     def flags(self) -> list[str]:
-        """What a physicist should look at before using the contours: empty phases, refilled phases, removed
-        artefacts, and, for a target, components removed beyond its template's object count (a second lesion?)."""
+        """What a physicist should look at before using the contours: empty phases, refilled phases (by what, and
+        those at a motion extreme, where the ITV's excursion rests on a refill), removed artefacts and unsupported
+        parts, and, for a target, components removed beyond its template's object count (a second lesion?)."""
         flags = []
         phases = self.phase_labels
         for result in self.structures:
@@ -64,12 +75,23 @@ class JobResult:
             empty = [phases[k] for k, v in enumerate(result.motion.volumes_ml) if v == 0]
             if empty:
                 flags.append(f"{name}: empty in {len(empty)} of {len(phases)} phase(s) ({', '.join(empty)})")
-            if report.filled_phases:
-                flags.append(f"{name}: missing in phase(s) {', '.join(phases[k] for k in report.filled_phases)}, "
-                             f"filled by interpolation between neighbouring phases")
+            for source, how in ((RefillSource.MOTION, "at the position of the periodic motion model (the "
+                                 "neighbouring phases' shape)"),
+                                (RefillSource.EVIDENCE, "from the model's own sub-threshold response")):
+                filled = sorted({r.phase for r in report.refills if r.source is source})
+                if filled:
+                    flags.append(f"{name}: missing in phase(s) {', '.join(phases[k] for k in filled)}, refilled "
+                                 f"{how}")
+            risk = f": the {result.spec.itv_name}'s excursion there rests on the refill, check it" \
+                if result.spec.itv else ""
+            flags.extend(f"{name}: phase {phases[k]} refilled at a motion extreme{risk}" for k in report.extreme_phases)
             if sum(report.removed_temporal):
                 flags.append(f"{name}: {sum(report.removed_temporal)} component(s) present in too few phases "
                              f"removed")
+            excess = [phases[k] for k, n in enumerate(report.removed_excess) if n]
+            if excess:
+                flags.append(f"{name}: {sum(report.removed_excess)} part(s) that the other phases do not support "
+                             f"removed in phase(s) {', '.join(excess)} (a transient next to the lesion?)")
             extra = [phases[k] for k, n in enumerate(report.removed_extra) if n]
             if result.spec.itv and extra:
                 flags.append(f"{name}: {sum(report.removed_extra)} smaller component(s) in {len(extra)} phase(s) "
@@ -87,7 +109,11 @@ class JobResult:
             entry: dict[str, Any] = {"phases": self.phase_labels, **result.motion.to_dict(),
                                      "refinement": result.masks.report.to_dict()}
             if result.itv is not None:
-                entry["itv"] = {"name": result.spec.itv_name, "volume_ml": round(float(result.itv.sum()) * voxel_ml, 4)}
+                refilled = result.masks.report.filled_phases
+                entry["itv"] = {"name": result.spec.itv_name, "volume_ml": round(float(result.itv.sum()) * voxel_ml, 4),
+                                "observed_phases": [self.phase_labels[k] for k in result.observed_phases],
+                                "refilled_phases": [self.phase_labels[k] for k in refilled],
+                                "volume_observed_ml": round(float(result.observed_itv().sum()) * voxel_ml, 4)}
                 if result.itv_expanded is not None:
                     margin = self.options.itv_margin_mm
                     entry["itv"]["expanded"] = {

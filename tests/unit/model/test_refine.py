@@ -11,9 +11,9 @@ from model.refine import (
     ConnectivitySettings,
     RefineSettings,
     fill_holes,
-    interpolate_shape,
     keep_largest,
     longest_run,
+    place_shape,
     refine_structure,
     remove_small,
     temporal_filter,
@@ -63,11 +63,14 @@ def test_spatial_helpers_remove_specks_keep_largest_and_fill_holes() -> None:
     assert not fill_holes(ring)[1, 4, 4]
 
 
-def test_interpolate_shape_recovers_a_translating_sphere() -> None:
+def test_place_shape_recovers_a_translating_sphere_at_any_position() -> None:
+    from model.refine import _centroid
     before = ellipsoid(GEOMETRY, (40, 40, 40), (9, 9, 9))
-    middle = ellipsoid(GEOMETRY, (40, 43, 48), (9, 9, 9))
     after = ellipsoid(GEOMETRY, (40, 46, 56), (9, 9, 9))
-    assert dice(interpolate_shape(before, after, GEOMETRY.spacing_mm), middle) > 0.9
+    for target in ((40, 43, 48), (40, 50, 62)):  # between the two, and beyond both (a turning point)
+        expected = ellipsoid(GEOMETRY, target, (9, 9, 9))
+        placed = place_shape([before, after], (0.5, 0.5), _centroid(expected), GEOMETRY.spacing_mm)
+        assert dice(placed, expected) > 0.9
 
 
 def _corrupted_tumour() -> tuple[np.ndarray, np.ndarray, list[tuple[int, np.ndarray]], np.ndarray]:
@@ -110,22 +113,22 @@ def test_temporal_filter_links_a_fast_target_within_the_motion_tolerance() -> No
     # a small target that jumps 12 mm per phase never overlaps itself: only the distance link keeps it
     truth = np.stack([ellipsoid(GEOMETRY, (40, 40, 20 + 12 * (p % 5) if p < 5 else 20 + 12 * (10 - p)), (3, 3, 3))
                       for p in range(10)])
-    kept, removed, _, _ = temporal_filter(truth, GEOMETRY.spacing_mm, TemporalSettings(motion_tolerance_mm=10.0))
-    np.testing.assert_array_equal(kept, truth)
-    assert removed == [0] * 10
-    dropped, removed, _, _ = temporal_filter(truth, GEOMETRY.spacing_mm, TemporalSettings(motion_tolerance_mm=2.0))
-    assert not dropped.any() and sum(removed) == 10
+    kept = temporal_filter(truth, GEOMETRY.spacing_mm, TemporalSettings(motion_tolerance_mm=10.0))
+    np.testing.assert_array_equal(kept.masks, truth)
+    assert kept.removed == [0] * 10
+    dropped = temporal_filter(truth, GEOMETRY.spacing_mm, TemporalSettings(motion_tolerance_mm=2.0))
+    assert not dropped.masks.any() and sum(dropped.removed) == 10
 
 
 def test_support_threshold_and_non_cyclic_series() -> None:
     blob = ellipsoid(GEOMETRY, (40, 40, 50), (6, 6, 6))
     masks = np.zeros((10, *GEOMETRY.shape), dtype=bool)
     masks[[9, 0, 1]] = blob  # three phases across the wrap-around
-    kept, _, _, _ = temporal_filter(masks, GEOMETRY.spacing_mm, TemporalSettings(min_phases=3))
+    kept = temporal_filter(masks, GEOMETRY.spacing_mm, TemporalSettings(min_phases=3)).masks
     assert kept[9].any() and kept[0].any() and kept[1].any()
-    kept, _, _, _ = temporal_filter(masks, GEOMETRY.spacing_mm, TemporalSettings(min_phases=3, cyclic=False))
+    kept = temporal_filter(masks, GEOMETRY.spacing_mm, TemporalSettings(min_phases=3, cyclic=False)).masks
     assert not kept.any()  # without wrap-around: runs of 1 and 2 phases
-    kept, _, _, _ = temporal_filter(masks, GEOMETRY.spacing_mm, TemporalSettings(min_phases=4))
+    kept = temporal_filter(masks, GEOMETRY.spacing_mm, TemporalSettings(min_phases=4)).masks
     assert not kept.any()
 
 

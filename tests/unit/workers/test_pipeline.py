@@ -77,15 +77,24 @@ def test_each_flag_appears_when_its_condition_is_built_in(job):
     _, _, result, out = job
     phases = ", ".join(f"{10 * k}%" for k in range(10))
     assert result.flags() == [
-        f"GTV: missing in phase(s) {10 * DROPPED_PHASE}%, filled by interpolation between neighbouring phases",
+        f"GTV: missing in phase(s) {10 * DROPPED_PHASE}%, refilled at the position of the periodic motion model (the "
+        "neighbouring phases' shape)",
         "GTV: 1 component(s) present in too few phases removed",
         "GTV: 10 smaller component(s) in 10 phase(s) removed beyond the template's 1 object(s): check for another "
         "lesion",
         f"Heart: empty in 10 of 10 phase(s) ({phases})",
     ]
     assert json.loads((out / "summary.json").read_text())["flags"] == result.flags()
-    report = result.structure("GTV").masks.report
+    gtv = result.structure("GTV")
+    report = gtv.masks.report
     assert report.filled_phases == (DROPPED_PHASE,) and report.removed_temporal[TRANSIENT_PHASE] == 1
+    assert report.refills[0].source == "motion" and not report.refills[0].at_extreme
+    itv = json.loads((out / "summary.json").read_text())["structures"]["GTV"]["itv"]
+    assert itv["refilled_phases"] == [f"{10 * DROPPED_PHASE}%"]
+    assert itv["observed_phases"] == [f"{10 * k}%" for k in range(10) if k != DROPPED_PHASE]
+    without = np.delete(gtv.refined, DROPPED_PHASE, axis=0).any(axis=0)
+    voxel_ml = result.study.phases[0].geometry.voxel_volume_ml
+    assert itv["volume_observed_ml"] == round(float(without.sum()) * voxel_ml, 4) <= itv["volume_ml"]
 
 
 def test_the_reference_rtstruct_holds_the_itv_and_its_hand_computed_expansion(job):
