@@ -73,6 +73,7 @@ EVIDENCE_VOLUME = (0.5, 1.5)
 EVIDENCE_AGREEMENT = 0.5
 EXTREME_MM = 1.0  # a refill beyond the seen positions by more than this, on some axis, is at a motion extreme
 MAX_HARMONICS = 3  # of the periodic motion model
+TRIM_ROUNDS = 4  # at most, of the target trim (``_trim_unsupported``)
 
 
 def to_evidence(probability: np.ndarray, threshold: float) -> np.ndarray:
@@ -399,13 +400,14 @@ def _trim_unsupported(masks: dict[int, np.ndarray], needed: int, min_voxels: int
     Every other phase's mask is moved rigidly onto the phase's position (the centroid displacement) and grown by one
     voxel (26-neighbourhood: sub-voxel misplacement and voxelisation); a voxel is supported by the phases whose moved
     mask holds it, itself included. The connected parts of at least ``min_voxels`` voxels with less than ``needed``
-    support are removed, with the specks (3D components under ``min_voxels``) a split leaves. Twice: the second time
-    with the positions of the trimmed masks, so that a removed transient no longer pulls the centroid it was aligned
-    by. Returns the trimmed masks and per phase the parts removed.
+    support are removed, with the specks (3D components under ``min_voxels``) a split leaves. Repeated with the
+    positions of the trimmed masks until they no longer move (at most ``TRIM_ROUNDS`` times), so that a removed
+    transient no longer pulls the centroid its phase was aligned by (the part of it left after one round still
+    would). Returns the trimmed masks and per phase the parts removed.
     """
     positions = {p: _centroid(mask) for p, mask in masks.items()}
     trimmed, removed = dict(masks), dict.fromkeys(masks, 0)
-    for _ in range(2):
+    for _ in range(TRIM_ROUNDS):
         for p, mask in masks.items():
             support = np.ones(mask.shape, dtype=np.uint8)
             for q, other in masks.items():
@@ -418,7 +420,10 @@ def _trim_unsupported(masks: dict[int, np.ndarray], needed: int, min_voxels: int
             removed[p] = int(drop.sum())
             # a split can leave specks of a removed part (where the other phases' grown shapes reach into it)
             trimmed[p] = remove_small(mask & ~drop[labels], min_voxels)[0] if removed[p] else mask
-        positions = {p: _centroid(mask) if mask.any() else positions[p] for p, mask in trimmed.items()}
+        moved = {p: _centroid(mask) if mask.any() else positions[p] for p, mask in trimmed.items()}
+        if all(np.allclose(moved[p], positions[p], atol=1e-3) for p in masks):
+            break
+        positions = moved
     return trimmed, removed
 
 
