@@ -182,8 +182,12 @@ class PhantomConfig:
     @property
     def digest(self) -> str:
         """A 16-hex-digit fingerprint of the config: part of every UID, so that two different phantoms made from the
-        same seed (other size, amplitude, ...) never share a UID."""
-        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+        same seed (other size, amplitude, ...) never share a UID. Regular breathing, the default, is left out: those
+        phantoms keep the UIDs (and file names) they had before the field existed, which the fuzz corpus names."""
+        fields = self.to_json()
+        if self.breathing is Breathing.REGULAR:
+            del fields["breathing"]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     def uid(self, *parts: object) -> str:
         """A deterministic UID for this phantom and ``parts`` (e.g. ``("image", vendor, phase, slice)``)."""

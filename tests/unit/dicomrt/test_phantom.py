@@ -48,7 +48,7 @@ def phantoms() -> list[Phantom4D]:
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"seed": -1}, "seed must be a non-negative integer"),
     ({"seed": 1.5}, "seed must be a non-negative integer"),
-    ({"seed": 1, "size": "huge"}, r"size must be one of \['small', 'full'\], got 'huge'"),
+    ({"seed": 1, "size": "huge"}, r"size must be one of \['small', 'medium', 'full'\], got 'huge'"),
     ({"seed": 1, "amplitude_si_mm": -2}, "amplitude_si_mm must be between 0 and 40"),
     ({"seed": 1, "tumour_diameter_mm": 80}, "tumour_diameter_mm must be between 5.0 and 60.0 mm, got 80"),
     ({"seed": 1, "artifacts": ("smear",)}, "artifacts must be among"),
