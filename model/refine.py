@@ -17,12 +17,13 @@ threshold, what the pipeline keeps: one byte a voxel, like a mask, with the sub-
    anatomy forms such runs; sporadic false positives (present in 1–2 phases, or jumping around) do not.
 4. Targets only (``RefineSettings.target``: structures with an ITV): each kept group's mask in a phase is split where
    it exceeds what the other phases support (``_trim_unsupported``): every other phase's mask of the group is moved
-   rigidly onto the phase (centroid displacement) and grown by one voxel; connected parts of the phase's mask that
-   fewer than ``min_phases`` phases (itself included) hold are removed. This is the rule for a transient next to the
-   lesion: linking by distance (step 3) lets a blob a few mm from the tumour join the tumour's group, so the group's
-   support cannot judge it; the blob's own support, judged on motion-compensated shapes, can. A one-phase bulge is
-   removed the same way. Why targets only: a lesion moves nearly rigidly, while organs deform with breathing (the
-   lungs grow by the diaphragm's excursion), so an organ's excess over the other phases is expected anatomy.
+   rigidly onto the phase (centroid displacement, to the nearest voxel) and grown by one voxel; connected parts of
+   the phase's mask that fewer than ``min_phases`` phases (itself included) hold are removed. This is the rule for a
+   transient next to the lesion: linking by distance (step 3) lets a blob a few mm from the tumour join the tumour's
+   group, so the group's support cannot judge it; the blob's own support, judged on motion-compensated shapes, can.
+   A one-phase bulge is removed the same way. Why targets only: a lesion moves nearly rigidly, while organs deform
+   with breathing (the lungs grow by the diaphragm's excursion), so an organ's excess over the other phases is
+   expected anatomy.
 5. Refilling (``fill_gaps``): a phase that a kept group bridges (missing in at most ``max_gap`` phases between two
    seen ones) is refilled at the position of the motion model: per axis a periodic (Fourier) fit of the group's
    centroid over the seen phases (``periodic_fit``; linear between the neighbours when fewer than 4 are seen or the
@@ -324,11 +325,6 @@ def _centroid(mask: np.ndarray) -> np.ndarray:
     return np.argwhere(mask).mean(axis=0)
 
 
-def _moved(mask: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """``mask`` translated by ``shift`` voxels (sub-voxel: linear resampling of the indicator, cut at one half)."""
-    return ndimage.shift(mask.astype(np.float32), shift, order=1, mode="constant", cval=0.0) >= 0.5
-
-
 def place_shape(sources: Sequence[np.ndarray], weights: Sequence[float], position: np.ndarray,
                 spacing_mm: Sequence[float]) -> np.ndarray:
     """The object's mask with its centroid at ``position`` (voxel index), from its (z, y, x) masks in other phases.
@@ -397,34 +393,47 @@ def _trim_unsupported(masks: dict[int, np.ndarray], needed: int, min_voxels: int
                       ) -> tuple[dict[int, np.ndarray], dict[int, int]]:
     """A target's masks (phase → (z, y, x) bool, one linked group) less the parts the other phases do not support.
 
-    Every other phase's mask is moved rigidly onto the phase's position (the centroid displacement) and grown by one
-    voxel (26-neighbourhood: sub-voxel misplacement and voxelisation); a voxel is supported by the phases whose moved
-    mask holds it, itself included. The connected parts of at least ``min_voxels`` voxels with less than ``needed``
-    support are removed, with the specks (3D components under ``min_voxels``) a split leaves. Repeated with the
-    positions of the trimmed masks until they no longer move (at most ``TRIM_ROUNDS`` times), so that a removed
-    transient no longer pulls the centroid its phase was aligned by (the part of it left after one round still
-    would). Returns the trimmed masks and per phase the parts removed.
+    Every other phase's mask is grown by one voxel (26-neighbourhood: misplacement by up to half a voxel, and
+    voxelisation) and moved rigidly onto the phase's position (the centroid displacement, to the nearest voxel); a
+    voxel of the phase is supported by the phases whose moved mask holds it, itself included. The connected parts of
+    at least ``min_voxels`` voxels with less than ``needed`` support are removed, with the specks (3D components under
+    ``min_voxels``) a split leaves. Repeated with the positions of the trimmed masks until they no longer move (at
+    most ``TRIM_ROUNDS`` times), so that a removed transient no longer pulls the centroid its phase was aligned by
+    (the part of it left after one round still would). Returns the trimmed masks and per phase the parts removed.
+
+    Whole-voxel moves are slices, so the phases are grown once, not once per pair.
     """
+    grown = {p: ndimage.binary_dilation(mask, CONNECTIVITY_26).view(np.uint8) for p, mask in masks.items()}
     positions = {p: _centroid(mask) for p, mask in masks.items()}
     trimmed, removed = dict(masks), dict.fromkeys(masks, 0)
     for _ in range(TRIM_ROUNDS):
         for p, mask in masks.items():
             support = np.ones(mask.shape, dtype=np.uint8)
-            for q, other in masks.items():
+            for q in masks:
                 if q != p:
-                    support += ndimage.binary_dilation(_moved(other, positions[p] - positions[q]), CONNECTIVITY_26)
+                    _add_moved(support, grown[q], np.rint(positions[p] - positions[q]).astype(int))
             labels, count = _label(mask & (support < needed))
             sizes = np.bincount(labels.ravel(), minlength=count + 1)
             drop = sizes >= max(min_voxels, 1)
             drop[0] = False
             removed[p] = int(drop.sum())
-            # a split can leave specks of a removed part (where the other phases' grown shapes reach into it)
-            trimmed[p] = remove_small(mask & ~drop[labels], min_voxels)[0] if removed[p] else mask
+            trimmed[p] = mask & ~drop[labels] if removed[p] else mask
         moved = {p: _centroid(mask) if mask.any() else positions[p] for p, mask in trimmed.items()}
         if all(np.allclose(moved[p], positions[p], atol=1e-3) for p in masks):
             break
         positions = moved
-    return trimmed, removed
+    # a split can leave specks of a removed part (where the other phases' grown shapes reach into it)
+    return {p: remove_small(mask, min_voxels)[0] if removed[p] else mask for p, mask in trimmed.items()}, removed
+
+
+def _add_moved(total: np.ndarray, mask: np.ndarray, offset: Sequence[int]) -> None:
+    """``total += mask`` moved by ``offset`` whole voxels (what moves out of the array is lost), in place."""
+    target, source = [], []
+    for shift, n in zip(offset, mask.shape, strict=True):
+        shift = int(np.clip(shift, -n, n))
+        target.append(slice(max(shift, 0), n + min(shift, 0)))
+        source.append(slice(max(-shift, 0), n - max(shift, 0)))
+    total[tuple(target)] += mask[tuple(source)]
 
 
 def _gaps(seen: Sequence[int], n_phases: int, max_gap: int, cyclic: bool) -> list[tuple[int, int, int]]:
@@ -532,21 +541,32 @@ def temporal_filter(masks: np.ndarray, spacing_mm: Sequence[float], settings: Te
         removed[p] = sum(support[root] < needed for root in root_of[p])
         extra[p] = int(counts[p] - keep.sum() - removed[p])
     spacing = np.asarray(spacing_mm, dtype=np.float64)
+    # each group is worked on in its own box, grown by twice the motion tolerance for refills beyond it
+    grow = [int(np.ceil(2 * settings.motion_tolerance_mm / s)) + 1 for s in spacing]
+    component_boxes = [ndimage.find_objects(lab) for lab in labels]
     refills: list[Refill] = []
     for root in kept:
-        group_masks = {p: np.isin(labels[p], [a + 1 for a, r in enumerate(root_of[p]) if r == root])
-                       for p in sorted(phases_of[root])}
+        members = {p: [a + 1 for a, r in enumerate(root_of[p]) if r == root] for p in sorted(phases_of[root])}
+        box = _box(_union_box([component_boxes[p][a - 1] for p, ids in members.items() for a in ids]), grow,
+                   masks.shape[1:])
+        group_masks = {p: np.isin(labels[p][box], ids) for p, ids in members.items()}
         if target and needed > 1:
             group_masks, parts = _trim_unsupported(group_masks, needed, min_voxels)
             for p, n in parts.items():
                 excess[p] += n
         for p, mask in group_masks.items():
-            out[p] |= mask
+            out[p][box] |= mask
         if settings.fill_gaps and settings.max_gap >= 1 and needed > 1:
-            for refill, mask in _fill_group(group_masks, evidence, n_phases, spacing, settings):
-                out[refill.phase] |= mask
+            crop = None if evidence is None else evidence[(slice(None), *box)]
+            for refill, mask in _fill_group(group_masks, crop, n_phases, spacing, settings):
+                out[refill.phase][box] |= mask
                 refills.append(refill)
     return TemporalOutcome(out, removed, excess, extra, tuple(sorted(refills, key=lambda r: r.phase)))
+
+
+def _union_box(boxes: Sequence[tuple[slice, ...]]) -> tuple[slice, ...]:
+    """The smallest box (slices) holding every box of ``boxes``."""
+    return tuple(slice(min(b[axis].start for b in boxes), max(b[axis].stop for b in boxes)) for axis in range(3))
 
 
 def refine_structure(
