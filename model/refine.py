@@ -78,14 +78,31 @@ TRIM_ROUNDS = 4  # at most, of the target trim (``_trim_unsupported``)
 
 
 def to_evidence(probability: np.ndarray, threshold: float) -> np.ndarray:
-    """uint8 evidence (module constants) of a float ``probability`` for ``threshold`` in (0, 1]."""
+    """uint8 evidence (module constants) of a float ``probability`` for ``threshold`` in (0, 1].
+
+    In blocks of 2^20 voxels (the temporaries stay in cache: a full-size phase takes ~0.05 s, where the probability's
+    comparison with the threshold alone takes ~0.01 s)."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    probability = np.asarray(probability, dtype=np.float32)
-    grades = np.clip(np.floor(probability * np.float32(EVIDENCE_THRESHOLD / threshold)), 0, 255)
-    above = probability >= threshold  # the comparison the masks were always made by
-    return np.where(above, np.maximum(grades, EVIDENCE_THRESHOLD),
-                    np.minimum(grades, EVIDENCE_THRESHOLD - 1)).astype(np.uint8)
+    probability = np.ascontiguousarray(probability, dtype=np.float32)
+    evidence = np.empty(probability.shape, dtype=np.uint8)
+    values, out = probability.reshape(-1), evidence.reshape(-1)
+    scale = np.float32(EVIDENCE_THRESHOLD / threshold)
+    for start in range(0, values.size, _EVIDENCE_BLOCK):
+        block = values[start:start + _EVIDENCE_BLOCK]
+        grades = np.multiply(block, scale, dtype=np.float32)
+        np.clip(grades, 0, 255, out=grades)
+        graded = grades.astype(np.uint8)  # truncation: the floor of the non-negative grades
+        above = block >= threshold  # the comparison the masks were always made by; rounding in the scaling may differ
+        wrong = above != (graded >= EVIDENCE_THRESHOLD)
+        if wrong.any():
+            graded[wrong & above] = EVIDENCE_THRESHOLD
+            graded[wrong & ~above] = EVIDENCE_THRESHOLD - 1
+        out[start:start + _EVIDENCE_BLOCK] = graded
+    return evidence
+
+
+_EVIDENCE_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
