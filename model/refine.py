@@ -74,6 +74,7 @@ EVIDENCE_VOLUME = (0.5, 1.5)
 EVIDENCE_AGREEMENT = 0.5
 EXTREME_MM = 1.0  # a refill beyond the seen positions by more than this, on some axis, is at a motion extreme
 MAX_HARMONICS = 3  # of the periodic motion model
+_EVIDENCE_BLOCK = 1 << 20  # voxels per block of ``to_evidence``
 TRIM_ROUNDS = 4  # at most, of the target trim (``_trim_unsupported``)
 
 
@@ -100,9 +101,6 @@ def to_evidence(probability: np.ndarray, threshold: float) -> np.ndarray:
             graded[wrong & ~above] = EVIDENCE_THRESHOLD - 1
         out[start:start + _EVIDENCE_BLOCK] = graded
     return evidence
-
-
-_EVIDENCE_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -494,7 +492,7 @@ def _fill_group(masks: dict[int, np.ndarray], evidence: np.ndarray | None, n_pha
         source, filled = RefillSource.MOTION, shape
         if evidence is not None:
             expected = weights[0] * masks[before].sum() + weights[1] * masks[after].sum()
-            margin = _signed_distance(shape, spacing_mm) <= settings.motion_tolerance_mm
+            margin = ndimage.distance_transform_edt(~shape, sampling=spacing_mm) <= settings.motion_tolerance_mm
             response = fill_holes((evidence[q] >= HYSTERESIS_LEVEL) & margin)
             agreement = 2 * np.sum(response & shape) / max(int(response.sum() + shape.sum()), 1)
             if agreement >= EVIDENCE_AGREEMENT and \
@@ -560,8 +558,7 @@ def temporal_filter(masks: np.ndarray, spacing_mm: Sequence[float], settings: Te
         removed[p] = sum(support[root] < needed for root in root_of[p])
         extra[p] = int(counts[p] - keep.sum() - removed[p])
     spacing = np.asarray(spacing_mm, dtype=np.float64)
-    # each group is worked on in its own box, grown by twice the motion tolerance for refills beyond it
-    grow = [int(np.ceil(2 * settings.motion_tolerance_mm / s)) + 1 for s in spacing]
+    grow = _refill_room(settings, spacing)  # each group is worked on in its own box
     component_boxes = [ndimage.find_objects(lab) for lab in labels]
     refills: list[Refill] = []
     for root in kept:
@@ -581,6 +578,12 @@ def temporal_filter(masks: np.ndarray, spacing_mm: Sequence[float], settings: Te
                 out[refill.phase][box] |= mask
                 refills.append(refill)
     return TemporalOutcome(out, removed, excess, extra, tuple(sorted(refills, key=lambda r: r.phase)))
+
+
+def _refill_room(settings: TemporalSettings, spacing_mm: Sequence[float]) -> tuple[int, ...]:
+    """Voxels per axis a box is grown by so that a refill beyond every seen position (by up to twice the motion
+    tolerance) still fits in it."""
+    return tuple(int(np.ceil(2 * settings.motion_tolerance_mm / s)) + 1 for s in spacing_mm)
 
 
 def _union_box(boxes: Sequence[tuple[slice, ...]]) -> tuple[slice, ...]:
@@ -607,8 +610,7 @@ def refine_structure(
         raw = evidence >= EVIDENCE_THRESHOLD
     refined = np.zeros_like(raw)
     if raw.any():  # all steps stay within the bounding box of every phase's mask, grown for refills beyond it
-        grow = (1, 1, 1) if settings.temporal is None else \
-            tuple(int(np.ceil(2 * settings.temporal.motion_tolerance_mm / s)) + 1 for s in geometry.spacing_mm)
+        grow = (1, 1, 1) if settings.temporal is None else _refill_room(settings.temporal, geometry.spacing_mm)
         box = (slice(None), *_box(ndimage.find_objects(raw.any(axis=0).astype(np.uint8))[0], grow, raw.shape[1:]))
         crop = None if evidence is None else evidence[box]  # a view
         refined[box], report = _refine_box(raw[box], crop, geometry, settings)
