@@ -98,7 +98,9 @@ def segmentation(series: SeriesInfo, attributes: StudyAttributes,
             segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
             display_color=hd.color.CIELabColor.from_rgb(*spec.colour)))
-    pixels = np.stack([mask for _, mask in structures], axis=-1)  # (z, y, x, segment)
+    # (z, y, x, segment) as a view of (segment, z, y, x): highdicom sums over the segment axis to find overlaps and
+    # takes each segment's frames, both ~3x faster on this layout than on a contiguous last axis (full size)
+    pixels = np.moveaxis(np.stack([mask for _, mask in structures]), 0, -1)
     return hd.seg.Segmentation(
         source_images=source_images(series, attributes), pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
