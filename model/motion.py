@@ -10,6 +10,7 @@ import numpy as np
 from scipy import ndimage
 
 from dicomrt.geometry import Geometry
+from model.refine import bounding_box
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,11 @@ def motion(masks: np.ndarray, geometry: Geometry) -> Motion:
     volumes = np.zeros(len(masks))
     centroids = np.full((len(masks), 3), np.nan)
     for p, mask in enumerate(masks):
-        boxes = ndimage.find_objects(mask.astype(np.uint8))
-        if boxes:
-            crop = mask[boxes[0]]
+        box = bounding_box(mask)
+        if box is not None:
+            crop = mask[box]
             volumes[p] = np.count_nonzero(crop) * geometry.voxel_volume_ml
-            centre = np.array(ndimage.center_of_mass(crop)) + [s.start for s in boxes[0]]
+            centre = np.array(ndimage.center_of_mass(crop)) + [s.start for s in box]
             centroids[p] = geometry.index_to_patient(centre[None])[0]
     present = ~np.isnan(centroids[:, 0])
     amplitude = np.ptp(centroids[present], axis=0) if present.any() else np.full(3, np.nan)
