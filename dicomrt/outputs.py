@@ -1,5 +1,6 @@
 """The writing stage, in one place for every driver (``workers.pipeline.run_job`` and ``itvsam contour``): the AIP/MIP
-the study lacks, the RTSTRUCTs, DICOM SEG per phase, into one output folder (``dicomrt.layout``)."""
+the study lacks (``write_derived``: they need no masks, so the job writes them while the model runs), then the
+RTSTRUCTs and DICOM SEG per phase (``write_outputs``), into one output folder (``dicomrt.layout``)."""
 
 from __future__ import annotations
 
@@ -32,17 +33,20 @@ class WrittenOutputs:
         return self.rtstructs + self.segs
 
 
+def write_derived(study: Study4D, layout: OutputLayout, provenance: Provenance) -> tuple[SeriesInfo, ...]:
+    """The AIP and MIP the loaded ``study`` lacks, written into ``layout`` (none for a 3D CT)."""
+    layout.root.mkdir(parents=True, exist_ok=True)
+    return tuple(write_projections(study, layout.derived, provenance))
+
+
 def write_outputs(masks: StudyMasks, layout: OutputLayout, provenance: Provenance, *, mode: OutputMode,
-                  seg: bool, projections: Study4D | None, itv_margin_mm: Margin = 0.0) -> WrittenOutputs:
+                  seg: bool, derived: Sequence[SeriesInfo] = (), itv_margin_mm: Margin = 0.0) -> WrittenOutputs:
     """Write the outputs of ``masks`` (checked by ``dicomrt.rt_outputs.check_masks``) into ``layout``.
 
-    ``projections``: the loaded study when the AIP/MIP it lacks are to be written (the reference RTSTRUCT then goes on
-    the written AIP), None to write none. ``mode``: which RTSTRUCTs; ``seg``: a SEG per phase too.
+    ``derived``: the AIP/MIP ``write_derived`` wrote (the reference RTSTRUCT then goes on the written AIP), () for
+    none. ``mode``: which RTSTRUCTs; ``seg``: a SEG per phase too.
     """
     layout.root.mkdir(parents=True, exist_ok=True)
-    derived: Sequence[SeriesInfo] = ()
-    if projections is not None:
-        derived = write_projections(projections, layout.derived, provenance)
     aip = next((s for s in derived if s.kind is SeriesKind.AVERAGE), None)
     reference = aip or masks.index.reference
     rtstructs = write_rtstructs(masks.index, masks, masks.specs, layout.root, mode, provenance, reference=reference,

@@ -14,7 +14,7 @@ from rich.table import Table
 from dicomrt.errors import StudyError
 from dicomrt.identifiers import short_hash
 from dicomrt.layout import OutputLayout
-from dicomrt.outputs import write_outputs
+from dicomrt.outputs import write_derived, write_outputs
 from dicomrt.phantom import (
     Artifact,
     Breathing,
@@ -146,8 +146,9 @@ def contour(
         index = scan_study(study_dir)
         specs = load_template(template) if template else thoracic_template()
         masks = check_masks(index, load_masks_npz(masks_npz), specs)
-        written = write_outputs(masks, OutputLayout(out), Provenance(model_identity="external masks (itvsam contour)"),
-                                mode=mode, seg=seg, projections=load_study(index) if projections else None)
+        layout, provenance = OutputLayout(out), Provenance(model_identity="external masks (itvsam contour)")
+        derived = write_derived(load_study(index), layout, provenance) if projections else ()
+        written = write_outputs(masks, layout, provenance, mode=mode, seg=seg, derived=derived)
     except (StudyError, RTError) as exc:
         raise fail(EXIT_REFUSED, exc.code, str(exc)) from None
     paths = written.files

@@ -129,10 +129,12 @@ class SlicePredictor:
         and the first of the next share a batch when their slices have the same shape. Yields ``(k, prediction)``
         for volume k as soon as its last slice is done, in order, so only the volumes in flight are held.
 
-        ``progress(done_slices, total_slices)`` counts slices of all volumes together.
+        ``progress(done_slices, total_slices)`` counts slices of all volumes together. A volume's slices are only
+        taken when the stream reaches them (its ``shape`` is read before): ``volumes_hu`` may be phases still being
+        read (``workers.pipeline``), whose slicing waits for them.
         """
-        volumes = [np.asarray(v) for v in volumes_hu]
-        bad = [v.shape for v in volumes if v.ndim != 3]
+        volumes = list(volumes_hu)
+        bad = [v.shape for v in volumes if len(v.shape) != 3]
         if bad or not volumes:
             raise ValueError(f"volume_hu must be (z, y, x), got shape {bad[0] if bad else 'no volume'}")
         empty = [name for name, prompts in structures.items() if not prompts]
