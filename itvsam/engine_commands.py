@@ -75,7 +75,7 @@ def run(
             raise fail(EXIT_REFUSED, exc.code, str(exc)) from None
     timings = result.timings
     console.print(f"wrote {len(result.outputs.rtstructs)} RTSTRUCT(s), {len(result.outputs.segs)} SEG, "
-                  f"report.png and summary.json to {out} in {timings['total_s']:.1f} s (model "
+                  f"report.png and summary.json to {out} in {timings['wall_s']:.1f} s (model "
                   f"{timings['model_s']:.1f} s)", highlight=False)
     for structure in result.structures:
         volumes = structure.motion.volumes_ml

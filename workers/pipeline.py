@@ -156,7 +156,7 @@ def run_job(study_dir: Path, out_dir: Path, engine: Engine, options: JobOptions 
     result = JobResult(study, options, engine.identity, structures, outputs, timings)
     layout.summary.write_text(json.dumps(result.summary(), indent=2) + "\n", encoding="utf-8")
     report("done", 1.0, "finished")
-    logger.info("study %s: done in %.1f s (model %.1f s)", index.study_hash, timings["total_s"], timings["model_s"])
+    logger.info("study %s: done in %.1f s (model %.1f s)", index.study_hash, timings["wall_s"], timings["model_s"])
     return result
 
 

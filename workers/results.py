@@ -55,7 +55,7 @@ class JobResult:
     identity: ModelIdentity
     structures: tuple[StructureResult, ...]
     outputs: WrittenOutputs
-    timings: dict[str, float]  # seconds per stage (reading_s, model_s, refining_s, writing_s) and total_s
+    timings: dict[str, float]  # per stage (reading_s, model_s, refining_s, writing_s), total_s, wall_s, overlap_s
 
     @property
     def phase_labels(self) -> list[str]:

@@ -47,6 +47,8 @@ def test_run_writes_every_output_dciodvfy_clean(inputs, tmp_path, one_torch_thre
     stages = ("reading_s", "model_s", "refining_s", "writing_s")
     assert min(timings[k] for k in stages) > 0
     assert timings["total_s"] == pytest.approx(sum(timings[k] for k in stages), abs=0.01)
+    assert timings["wall_s"] > timings["model_s"]  # the stages that overlap the model are counted in full
+    assert timings["overlap_s"] == pytest.approx(timings["total_s"] - timings["wall_s"], abs=0.01)
     assert all(flag.split(":")[0] in summary["structures"] for flag in summary["flags"]), summary["flags"]
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     reference = pydicom.dcmread(out / "RS_reference.dcm")
