@@ -16,11 +16,13 @@ read and only ``out_dir`` is written:
                 ``JobResult`` (``workers.results``)
 
 What needs no masks runs while the model segments, in one background thread: the phases are read in order and the
-model takes each as soon as it is read (``_Reading``), then the AIP/MIP are written. On a GPU the model's thread mostly
-waits for the device, so this work is off the job's critical path; on CPU the model has the cores and it only
-overlaps. ``timings`` in ``summary.json``: each stage's own seconds (``reading_s``, ``model_s``, ``refining_s``,
-``writing_s``; background work counted in its stage), their sum ``total_s``, the job's ``wall_s`` and the
-``overlap_s`` the background saved (``total_s - wall_s``).
+model takes each as soon as it is read (``_Reading``), then the AIP/MIP are written; the same thread draws the QA
+picture while the RTSTRUCTs and SEGs are written (``write_outputs`` writes those two in parallel too). On a GPU the
+model's thread mostly waits for the device, so this work is off the job's critical path; on CPU the model has the
+cores and it only overlaps. Threads, not processes: a Celery prefork pool process is daemonic and may not start
+processes of its own. ``timings`` in ``summary.json``: each stage's own seconds (``reading_s``, ``model_s``,
+``refining_s``, ``writing_s``; background work counted in its stage), their sum ``total_s``, the job's ``wall_s``
+and the ``overlap_s`` the background saved (``total_s - wall_s``).
 """
 
 from __future__ import annotations
@@ -139,12 +141,13 @@ def run_job(study_dir: Path, out_dir: Path, engine: Engine, options: JobOptions 
         report("writing", 0.0, "writing DICOM-RT outputs")
         start = time.perf_counter()
         checked = check_masks(index, {r.spec.name: r.refined for r in structures}, options.template)
+        from workers.report import qa_picture  # matplotlib: only when writing
+
+        picture = background.submit(qa_picture, study, structures, layout.report)  # while the DICOM is written
         written, derived_s = derived.result()
         outputs = write_outputs(checked, layout, provenance, mode=options.mode, seg=options.seg, derived=written,
                                 itv_margin_mm=options.itv_margin_mm)
-        from workers.report import qa_picture  # matplotlib: only when writing
-
-        qa_picture(study, structures, layout.report)
+        picture.result()
         writing_s = time.perf_counter() - start + derived_s
     finally:
         background.shutdown(wait=True, cancel_futures=True)
