@@ -1,12 +1,14 @@
-"""Contours from masks and the even-odd centre rasteriser: exact round trips, holes, islands, tiny masks."""
+"""Contours from masks and the even-odd centre rasteriser: exact round trips, holes, islands, tiny masks; the
+vectorised tracing gives exactly scikit-image's ``find_contours`` polygons (order, start, direction)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from scipy import ndimage
+from skimage.measure import find_contours
 
-from dicomrt.contours import mask_contours, slice_polygons
+from dicomrt.contours import MaskPolygons, mask_contours, slice_polygons
 from dicomrt.geometry import Geometry
 from dicomrt.raster import rasterise_contours, rasterise_polygons
 from dicomrt.rt_errors import ContourError, MaskShapeError
@@ -26,6 +28,45 @@ def test_random_masks_round_trip_exactly():
         assert all(len(p) >= 3 for p in polygons)
         assert not any(np.array_equal(p[0], p[-1]) for p in polygons)
         np.testing.assert_array_equal(round_trip(mask), mask)
+
+
+def find_contours_polygons(mask: np.ndarray) -> list[np.ndarray]:
+    """The polygons as the tracing was first written: find_contours on the zero-padded slice, without the repeated
+    last point and exactly collinear points."""
+    polygons = []
+    for line in find_contours(np.pad(mask, 1).astype(np.float64), 0.5, fully_connected="low"):
+        line = line[:-1]
+        before, after = line - np.roll(line, 1, axis=0), np.roll(line, -1, axis=0) - line
+        polygons.append(line[before[:, 0] * after[:, 1] != before[:, 1] * after[:, 0]] - 1)
+    return polygons
+
+
+def test_polygons_are_find_contours_ones_point_for_point():
+    rng = np.random.default_rng(7)
+    for k in range(600):
+        mask = rng.random(tuple(rng.integers(1, 30, 2))) < rng.uniform(0.02, 0.95)
+        if k % 3 == 1:
+            mask = ndimage.binary_opening(mask)
+        elif k % 3 == 2:  # rings, saddles and holes within holes
+            mask = ndimage.binary_dilation(mask, iterations=2) & ~ndimage.binary_erosion(mask)
+        ours, reference = slice_polygons(mask), find_contours_polygons(mask)
+        assert len(ours) == len(reference)
+        for polygon, expected in zip(ours, reference, strict=True):
+            np.testing.assert_array_equal(polygon, expected)
+
+
+def test_a_volume_is_traced_slice_by_slice_in_z_order():
+    rng = np.random.default_rng(8)
+    mask = ndimage.binary_opening(rng.random((9, 25, 31)) < 0.55)
+    mask[4] = False
+    traced = MaskPolygons.trace(mask)
+    expected = [(k, p) for k in range(mask.shape[0]) for p in find_contours_polygons(mask[k])]
+    assert traced.slice_indices.tolist() == [k for k, _ in expected] and 4 not in traced.slice_indices
+    spans = zip(traced.bounds[:-1], traced.bounds[1:], strict=True)
+    for (a, b), (_, polygon) in zip(spans, expected, strict=True):
+        np.testing.assert_array_equal(traced.points[a:b], polygon)
+    empty = MaskPolygons.trace(np.zeros((3, 4, 5), bool))
+    assert empty.slice_indices.size == 0 and empty.bounds.tolist() == [0] and empty.points.shape == (0, 2)
 
 
 def test_ring_gives_outer_and_inner_polygon_and_keeps_the_hole():
@@ -106,6 +147,10 @@ def test_refusals():
         mask_contours(np.zeros((4, 20, 23), bool), geometry)
     with pytest.raises(MaskShapeError, match="boolean"):
         mask_contours(np.zeros((4, 20, 24), np.uint8), geometry)
+    with pytest.raises(MaskShapeError, match=r"must be 3D \(z, y, x\), got shape \(20, 24\)"):
+        MaskPolygons.trace(np.zeros((20, 24), bool))
+    with pytest.raises(MaskShapeError, match=r"must be \(4, 20, 24\).*got \(4, 20, 23\)"):
+        MaskPolygons.trace(np.zeros((4, 20, 23), bool)).place(geometry)
     with pytest.raises(ContourError, match="one slice plane"):
         rasterise_contours([np.array([[100, -50, -300], [99, -50, -300], [99, -49, -295]])], geometry)
     with pytest.raises(ContourError, match="N >= 3"):
