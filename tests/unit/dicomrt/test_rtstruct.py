@@ -4,6 +4,7 @@ our own reader back (Dice >= 0.99; in fact exact)."""
 from __future__ import annotations
 
 from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from dicomrt.geometry import Geometry
 from dicomrt.provenance import Provenance
 from dicomrt.rt_errors import GridMismatchError, MaskShapeError, RTError, TemplateError
 from dicomrt.rt_outputs import check_masks, write_rtstructs
-from dicomrt.rtstruct import RoiMask, RTStructureSet
+from dicomrt.rtstruct import RoiMask, RTStructureSet, _contour_data
 from dicomrt.rtstruct_read import match_series, rasterise_roi, read_rtstruct
 from dicomrt.structures import COLOURS, RoiType, thoracic_template
 from tests.support.fake_study import fake_4d_index
@@ -109,6 +110,17 @@ def test_contour_data_values_fit_ds(index, shared_data, tmp_path):
     for contour in raw.ROIContourSequence[0].ContourSequence:
         element = contour["ContourData"]
         assert all(len(str(v)) <= 16 for v in element.value)
+
+
+def test_contour_data_is_the_text_of_each_value_rounded_to_4_decimals():
+    rng = np.random.default_rng(11)
+    values = np.concatenate([rng.normal(0, 300, 3000), rng.integers(-2**16, 2**16, 3000) / 32,  # ties at 4 decimals
+                             rng.integers(-10**6, 10**6, 3000) * 5e-5, rng.normal(0, 1e-4, 3000), [0.0, -0.0, 99999.5]])
+    points = values[: len(values) // 3 * 3].reshape(-1, 3)
+    bounds = np.array([0, 1, 500, 1700, len(points)])
+    for (a, b), text in zip(pairwise(bounds), _contour_data(points, bounds), strict=True):
+        rounded = np.round(points[a:b].ravel(), 4) + 0.0  # + 0.0: no "-0.0000"
+        assert text == "\\".join(f"{v:.4f}" for v in rounded).encode()
 
 
 @pytest.mark.parametrize(("rois", "kwargs", "error", "message"), [
