@@ -30,13 +30,14 @@ come from ``dicomrt.layout``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 
+from dicomrt.contours import MaskPolygons
 from dicomrt.itv import build_itv, has_margin
 from dicomrt.layout import OutputLayout
 from dicomrt.phases import SeriesKind
@@ -129,24 +130,58 @@ def write_rtstructs(
     except ValueError:
         raise ValueError(f"mode must be one of {[m.value for m in OutputMode]}, got {mode!r}") from None
     checked = masks if isinstance(masks, StudyMasks) else check_masks(index, masks, specs)
-    reference = reference or index.reference
+    traced = StudyPolygons(checked, reference or index.reference, itv_margin_mm)
     layout = OutputLayout(Path(out_dir))
     written = []
     if mode in (OutputMode.PER_PHASE, OutputMode.ALL):
-        written += [s.save(layout.phase_rtstruct(k)) for k, s in enumerate(per_phase_sets(checked, provenance))]
+        written += [s.save(layout.phase_rtstruct(k)) for k, s in enumerate(per_phase_sets(traced, provenance))]
     if mode in (OutputMode.REFERENCE, OutputMode.ALL):
-        written.append(reference_set(checked, reference, provenance, itv_margin_mm).save(layout.reference_rtstruct))
+        written.append(reference_set(traced, provenance).save(layout.reference_rtstruct))
     if mode in (OutputMode.COMBINED, OutputMode.ALL):
-        written.append(combined_set(checked, reference, provenance, itv_margin_mm).save(layout.combined_rtstruct))
+        written.append(combined_set(traced, provenance).save(layout.combined_rtstruct))
     logger.info("study %s: wrote %d RTSTRUCT(s), mode %s", index.study_hash, len(written), mode.value)
     return written
 
 
-def per_phase_sets(masks: StudyMasks, provenance: Provenance) -> list[RTStructureSet]:
+class StudyPolygons:
+    """The polygons of a study's masks and ITVs, each traced once, when first needed (``dicomrt.contours``): in mode
+    "all", a phase's mask goes into its per-phase object, the combined one and (as a phase contour of a target or the
+    reference phase's structure) the reference one; an ITV into the reference and the combined ones.
+
+    ``reference``: the series the ITVs are built on (its geometry gives the margin's voxel sizes).
+    ``itv_margin_mm``: the margin of the expanded ITVs (0: none).
+    """
+
+    def __init__(self, masks: StudyMasks, reference: SeriesInfo, itv_margin_mm: Margin = 0.0) -> None:
+        self.masks, self.reference, self.itv_margin_mm = masks, reference, itv_margin_mm
+        self._traced: dict[tuple[str, str, int], MaskPolygons] = {}
+
+    def phase(self, name: str, k: int) -> MaskPolygons:
+        """Structure ``name`` in phase ``k``."""
+        return self._trace(("phase", name, k), lambda: self.masks.per_phase[name][k])
+
+    def single(self, name: str) -> MaskPolygons:
+        """The one-volume mask of structure ``name``."""
+        return self._trace(("single", name, 0), lambda: self.masks.single[name])
+
+    def itv(self, name: str, expanded: bool = False) -> MaskPolygons:
+        """The ITV of structure ``name``, or (``expanded``) the ITV expanded by the margin."""
+        margin = self.itv_margin_mm if expanded else 0.0
+        return self._trace(("itv", name, int(expanded)),
+                           lambda: build_itv(self.masks.per_phase[name], self.reference.geometry, margin))
+
+    def _trace(self, key: tuple[str, str, int], mask: Callable[[], np.ndarray]) -> MaskPolygons:
+        if key not in self._traced:
+            self._traced[key] = MaskPolygons.trace(mask())
+        return self._traced[key]
+
+
+def per_phase_sets(traced: StudyPolygons, provenance: Provenance) -> list[RTStructureSet]:
     """One RTSTRUCT per phase series with that phase's masks."""
+    masks = traced.masks
     sets = []
     for k, phase in enumerate(masks.index.phases):
-        rois = [RoiMask(s.name, s.colour, s.interpreted_type, masks.per_phase[s.name][k])
+        rois = [RoiMask(s.name, s.colour, s.interpreted_type, traced.phase(s.name, k))
                 for s in masks.specs if s.name in masks.per_phase]
         sets.append(RTStructureSet(masks.index.attributes, [phase], rois, label=f"itvsam {_short(phase)}",
                                    description=f"itvsam contours, phase {phase.label}", provenance=provenance,
@@ -154,32 +189,32 @@ def per_phase_sets(masks: StudyMasks, provenance: Provenance) -> list[RTStructur
     return sets
 
 
-def reference_set(masks: StudyMasks, reference: SeriesInfo, provenance: Provenance, itv_margin_mm: Margin = 0.0
-                  ) -> RTStructureSet:
-    """The RTSTRUCT on ``reference``: ITVs with every phase's contours, other structures as described above."""
+def reference_set(traced: StudyPolygons, provenance: Provenance) -> RTStructureSet:
+    """The RTSTRUCT on ``traced.reference``: ITVs with every phase's contours, other structures as described
+    above."""
+    masks, reference = traced.masks, traced.reference
     _check_same_grid(masks.index.phases, reference)
     reference_phase = _phase_of(masks.index, reference)
+    phases = masks.index.phases
     rois = []
     for spec in masks.specs:
         if spec.name in masks.single:
-            rois.append(RoiMask(spec.name, spec.colour, spec.interpreted_type, masks.single[spec.name]))
+            rois.append(RoiMask(spec.name, spec.colour, spec.interpreted_type, traced.single(spec.name)))
         elif spec.itv:
-            stack = masks.per_phase[spec.name]
-            phases = masks.index.phases
-            rois += _itv_rois(spec, stack, reference, 0, itv_margin_mm)
+            rois += _itv_rois(spec, traced, 0)
             rois += [RoiMask(spec.phase_name(p.percent), _phase_colour(spec, k, len(phases)), spec.interpreted_type,
-                             stack[k]) for k, p in enumerate(phases)]
+                             traced.phase(spec.name, k)) for k, p in enumerate(phases)]
         elif reference_phase is not None:
             rois.append(RoiMask(spec.name, spec.colour, spec.interpreted_type,
-                                masks.per_phase[spec.name][reference_phase]))
+                                traced.phase(spec.name, reference_phase)))
     return RTStructureSet(masks.index.attributes, [reference], rois, label="itvsam ITV",
                           description=f"itvsam ITV and phase contours on {reference.label}", provenance=provenance,
                           series_number=SERIES_NUMBER_REFERENCE)
 
 
-def combined_set(masks: StudyMasks, reference: SeriesInfo, provenance: Provenance, itv_margin_mm: Margin = 0.0
-                 ) -> RTStructureSet:
+def combined_set(traced: StudyPolygons, provenance: Provenance) -> RTStructureSet:
     """One RTSTRUCT over every phase series (and the reference series when it is not a phase)."""
+    masks, reference = traced.masks, traced.reference
     _check_same_grid(masks.index.phases, reference)
     series = list(masks.index.phases)
     at = _phase_of(masks.index, reference)
@@ -189,28 +224,26 @@ def combined_set(masks: StudyMasks, reference: SeriesInfo, provenance: Provenanc
     rois = []
     for spec in masks.specs:
         if spec.name in masks.single:
-            rois.append(RoiMask(spec.name, spec.colour, spec.interpreted_type, masks.single[spec.name], at))
+            rois.append(RoiMask(spec.name, spec.colour, spec.interpreted_type, traced.single(spec.name), at))
             continue
-        stack = masks.per_phase[spec.name]
         rois += [RoiMask(spec.phase_name(phase.percent), _phase_colour(spec, k, len(series)), spec.interpreted_type,
-                         stack[k], k) for k, phase in enumerate(masks.index.phases)]
+                         traced.phase(spec.name, k), k) for k, phase in enumerate(masks.index.phases)]
         if spec.itv:
-            rois += _itv_rois(spec, stack, reference, at, itv_margin_mm)
+            rois += _itv_rois(spec, traced, at)
     return RTStructureSet(masks.index.attributes, series, rois, label="itvsam 4D",
                           description="itvsam contours of every phase (multi-series)", provenance=provenance,
                           series_number=SERIES_NUMBER_COMBINED)
 
 
-def _itv_rois(spec: StructureSpec, stack: np.ndarray, reference: SeriesInfo, series_index: int,
-              margin_mm: Margin) -> list[RoiMask]:
-    """The ITV of ``spec`` (its (phase, z, y, x) ``stack``) and, with a margin, the expanded ITV after it."""
+def _itv_rois(spec: StructureSpec, traced: StudyPolygons, series_index: int) -> list[RoiMask]:
+    """The ITV of ``spec`` and, with a margin, the expanded ITV after it."""
     target = spec.interpreted_type in (RoiType.GTV, RoiType.CTV)
     kind = RoiType.CTV if target else spec.interpreted_type
-    rois = [RoiMask(spec.itv_name, COLOURS["ITV"] if target else spec.colour, kind,
-                    build_itv(stack, reference.geometry), series_index)]
-    if has_margin(margin_mm):
-        rois.append(RoiMask(spec.itv_margin_name(margin_mm), COLOURS["ITV_margin"], kind,
-                            build_itv(stack, reference.geometry, margin_mm), series_index))
+    rois = [RoiMask(spec.itv_name, COLOURS["ITV"] if target else spec.colour, kind, traced.itv(spec.name),
+                    series_index)]
+    if has_margin(traced.itv_margin_mm):
+        rois.append(RoiMask(spec.itv_margin_name(traced.itv_margin_mm), COLOURS["ITV_margin"], kind,
+                            traced.itv(spec.name, expanded=True), series_index))
     return rois
 
 

@@ -11,6 +11,8 @@ import numpy as np
 import pydicom
 import pytest
 
+from dicomrt import rt_outputs
+from dicomrt.contours import MaskPolygons
 from dicomrt.geometry import Geometry
 from dicomrt.provenance import Provenance
 from dicomrt.rt_errors import GridMismatchError, MaskShapeError, RTError, TemplateError
@@ -176,6 +178,21 @@ def test_modes_on_a_4dct(index4d, tumour, tmp_path):
     assert [s.SeriesInstanceUID for s in referenced.RTReferencedSeriesSequence] == [
         p.series_instance_uid for p in index4d.phases]
     assert "Lung_L_T60" in [r.ROIName for r in combined.StructureSetROISequence]
+
+
+def test_mode_all_traces_each_mask_and_builds_each_itv_once(index4d, tumour, tmp_path, monkeypatch):
+    traced, built = [], []
+    trace, build_itv = MaskPolygons.trace, rt_outputs.build_itv
+    monkeypatch.setattr(MaskPolygons, "trace", staticmethod(lambda mask: traced.append(mask) or trace(mask)))
+    monkeypatch.setattr(rt_outputs, "build_itv", lambda *args: built.append(args) or build_itv(*args))
+    heart = np.zeros(index4d.reference.geometry.shape, bool)
+    heart[4:9, 300:340, 200:260] = True
+    lung = np.repeat(heart[None], len(PERCENTS), axis=0)
+    paths = write_rtstructs(index4d, {"GTV": tumour, "Lung_L": lung, "Heart": heart}, thoracic_template(),
+                            tmp_path, "all", PROVENANCE, itv_margin_mm=5.0)
+    assert len(paths) == len(PERCENTS) + 2
+    assert len(built) == 2  # the ITV and the expanded ITV
+    assert len(traced) == 2 * len(PERCENTS) + 1 + 2  # GTV and Lung_L per phase, Heart, the two ITVs
 
 
 def test_itv_contains_every_phase_contour(index4d, tumour, tmp_path):
