@@ -1,9 +1,12 @@
 """Benchmark: per-phase RTSTRUCTs for 4 structures over a full-size 10-phase phantom, itvsam vs rt-utils.
 
 Both writers get the same CT files (the phantom's, linked into one folder per phase for rt-utils) and the same
-masks (the phantom's ground truth for GTV, Lung_L, Lung_R, Heart) in the same run. itvsam: ``scan_study``
-(headers) + ``write_rtstructs(mode="per-phase")``; rt-utils: ``RTStructBuilder.create_new`` per phase + ``add_roi``
-per structure + ``save``. Prints seconds and the ratio; asserts nothing.
+masks (the phantom's ground truth for GTV, Lung_L, Lung_R, Heart) in the same run: on a busy machine the ratio is
+the figure, not the seconds. Each side is timed from its CT files to its written objects: itvsam ``scan_study``
+(the headers; since the contours are traced in numpy, about two thirds of its time, printed apart) +
+``write_rtstructs(mode="per-phase")``; rt-utils ``RTStructBuilder.create_new`` per phase (which reads the images) +
+``add_roi`` per structure + ``save``. Prints seconds and the ratio (the bar: rt-utils at least 5 times slower);
+asserts nothing.
 Usage: ``python bench/bench_write.py [--size full|small] [--phases N]``.
 """
 
