@@ -102,7 +102,8 @@ class MaskPolygons:
         square = np.repeat(crossed, np.where(np.isin(case[crossed], _SADDLES), 2, 1))
         k = np.zeros(len(square), np.int64)
         k[1:] = square[1:] == square[:-1]
-        start, end = _FROM[case[square], k], _TO[case[square], k]
+        cases = case[square]
+        start, end = _FROM[cases, k], _TO[cases, k]
         row_step = box.shape[2] - 1
         z, within = np.divmod(square, (box.shape[1] - 1) * row_step)
         # The next segment along the line: in the square across the edge where this one ends, the one starting there.
