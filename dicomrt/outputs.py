@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom.dataset import Dataset
+
 from dicomrt.derived import write_projections
 from dicomrt.layout import OutputLayout
 from dicomrt.phases import SeriesKind
@@ -41,19 +43,20 @@ def write_derived(study: Study4D, layout: OutputLayout, provenance: Provenance) 
 
 
 def write_outputs(masks: StudyMasks, layout: OutputLayout, provenance: Provenance, *, mode: OutputMode,
-                  seg: bool, derived: Sequence[SeriesInfo] = (), itv_margin_mm: Margin = 0.0) -> WrittenOutputs:
+                  seg: bool, derived: Sequence[SeriesInfo] = (), itv_margin_mm: Margin = 0.0,
+                  seg_sources: Sequence[Sequence[Dataset]] | None = None) -> WrittenOutputs:
     """Write the outputs of ``masks`` (checked by ``dicomrt.rt_outputs.check_masks``) into ``layout``.
 
     ``derived``: the AIP/MIP ``write_derived`` wrote (the reference RTSTRUCT then goes on the written AIP), () for
     none. ``mode``: which RTSTRUCTs; ``seg``: a SEG per phase too, written in a second thread meanwhile (highdicom and
     pydicom hold the GIL most of the time, but the numpy parts of each writer overlap: ~20 % less wall time for a
-    full-size study on 2 cores).
+    full-size study on 2 cores); ``seg_sources``: ``dicomrt.seg.phase_sources`` when already made.
     """
     layout.root.mkdir(parents=True, exist_ok=True)
     aip = next((s for s in derived if s.kind is SeriesKind.AVERAGE), None)
     reference = aip or masks.index.reference
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="itvsam-seg") as background:
-        segs = background.submit(write_segs, masks, layout.root, provenance) if seg else None
+        segs = background.submit(write_segs, masks, layout.root, provenance, seg_sources) if seg else None
         rtstructs = write_rtstructs(masks.index, masks, masks.specs, layout.root, mode, provenance,
                                     reference=reference, itv_margin_mm=itv_margin_mm)
         segs = segs.result() if segs is not None else []

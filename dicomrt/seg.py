@@ -25,7 +25,7 @@ from dicomrt.provenance import MANUFACTURER, Provenance, add_patient_and_study
 from dicomrt.rt_errors import MaskShapeError
 from dicomrt.rt_outputs import StudyMasks
 from dicomrt.structures import RoiType, StructureSpec
-from dicomrt.study import SeriesInfo
+from dicomrt.study import SeriesInfo, StudyIndex
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +79,10 @@ def source_images(series: SeriesInfo, attributes: StudyAttributes) -> list[Datas
 
 def segmentation(series: SeriesInfo, attributes: StudyAttributes,
                  structures: Sequence[tuple[StructureSpec, np.ndarray]], provenance: Provenance,
-                 series_number: int = SERIES_NUMBER_SEG) -> hd.seg.Segmentation:
-    """A binary SEG on ``series`` with one segment per (spec, (z, y, x) bool mask) pair, in the order given."""
+                 series_number: int = SERIES_NUMBER_SEG, sources: Sequence[Dataset] | None = None
+                 ) -> hd.seg.Segmentation:
+    """A binary SEG on ``series`` with one segment per (spec, (z, y, x) bool mask) pair, in the order given.
+    ``sources``: ``source_images(series, attributes)`` when already made."""
     if not structures:
         raise MaskShapeError("structures: expected at least one (spec, mask) pair, got none")
     for spec, mask in structures:
@@ -102,7 +104,7 @@ def segmentation(series: SeriesInfo, attributes: StudyAttributes,
     # takes each segment's frames, both ~3x faster on this layout than on a contiguous last axis (full size)
     pixels = np.moveaxis(np.stack([mask for _, mask in structures]), 0, -1)
     return hd.seg.Segmentation(
-        source_images=source_images(series, attributes), pixel_array=pixels,
+        source_images=sources if sources is not None else source_images(series, attributes), pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
         series_instance_uid=new_uid(), series_number=series_number, sop_instance_uid=new_uid(), instance_number=1,
         manufacturer=MANUFACTURER, manufacturer_model_name=MANUFACTURER,
@@ -112,16 +114,24 @@ def segmentation(series: SeriesInfo, attributes: StudyAttributes,
         omit_empty_frames=False)
 
 
-def write_segs(masks: StudyMasks, out_dir: Path, provenance: Provenance) -> list[Path]:
+def phase_sources(index: StudyIndex) -> list[list[Dataset]]:
+    """Per phase of ``index`` its ``source_images``: the SEGs' header work, which needs no masks (a job makes them
+    while the model runs)."""
+    return [source_images(phase, index.attributes) for phase in index.phases]
+
+
+def write_segs(masks: StudyMasks, out_dir: Path, provenance: Provenance,
+               sources: Sequence[Sequence[Dataset]] | None = None) -> list[Path]:
     """One SEG per phase of the study with the per-phase structures of ``masks``, in the output folder ``out_dir``
-    (``dicomrt.layout``: ``seg/SEG_phaseNN.dcm``); returns the files written."""
+    (``dicomrt.layout``: ``seg/SEG_phaseNN.dcm``); returns the files written. ``sources``: ``phase_sources`` of the
+    study when already made."""
     specs = [s for s in masks.specs if s.name in masks.per_phase]
     if not specs:
         return []
     written = []
     for k, phase in enumerate(masks.index.phases):
         seg = segmentation(phase, masks.index.attributes, [(s, masks.per_phase[s.name][k]) for s in specs],
-                           provenance, SERIES_NUMBER_SEG + k)
+                           provenance, SERIES_NUMBER_SEG + k, None if sources is None else sources[k])
         path = OutputLayout(Path(out_dir)).seg(k)
         path.parent.mkdir(parents=True, exist_ok=True)
         seg.save_as(path)

@@ -16,11 +16,13 @@ read and only ``out_dir`` is written:
                 ``JobResult`` (``workers.results``)
 
 What needs no masks runs while the model segments, in one background thread: the phases are read in order and the
-model takes each as soon as it is read (``_Reading``), then the AIP/MIP are written; the same thread draws the QA
-picture while the RTSTRUCTs and SEGs are written (``write_outputs`` writes those two in parallel too). On a GPU the
-model's thread mostly waits for the device, so this work is off the job's critical path; on CPU the model has the
-cores and it only overlaps. Threads, not processes: a Celery prefork pool process is daemonic and may not start
-processes of its own. ``timings`` in ``summary.json``: each stage's own seconds (``reading_s``, ``model_s``,
+model takes each as soon as it is read (``_Reading``), then the AIP/MIP are written and the SEGs' source image
+headers made (``dicomrt.seg.phase_sources``); the same thread draws the QA picture while the RTSTRUCTs and SEGs are
+written (``write_outputs`` writes those two in parallel too). On a GPU the model's thread mostly waits for the
+device, so this work is off the job's critical path; on CPU the model has the cores and it only overlaps. Threads,
+not processes: a Celery prefork pool process is daemonic and may not start processes of its own (and a process of
+a job killed for its time limit must not outlive it, writing into the folder its retry uses).
+``timings`` in ``summary.json``: each stage's own seconds (``reading_s``, ``model_s``,
 ``refining_s``, ``writing_s``; background work counted in its stage), their sum ``total_s``, the job's ``wall_s``
 and the ``overlap_s`` the background saved (``total_s - wall_s``).
 """
@@ -43,6 +45,7 @@ from dicomrt.outputs import write_derived, write_outputs
 from dicomrt.provenance import Provenance
 from dicomrt.reader import load_volume, scan_study
 from dicomrt.rt_outputs import check_masks
+from dicomrt.seg import phase_sources
 from dicomrt.study import Phase, SeriesInfo, Study4D, StudyIndex
 from jobs.options import JobOptions
 from model.calibration import thresholds_for
@@ -124,6 +127,7 @@ def run_job(study_dir: Path, out_dir: Path, engine: Engine, options: JobOptions 
         reading = _Reading(index, background)
         derived = background.submit(_timed, lambda: write_derived(reading.study(), layout, provenance)
                                     if options.projections else ())
+        seg_sources = background.submit(_timed, lambda: phase_sources(index) if options.seg else None)
 
         start = time.perf_counter()
         thresholds = thresholds_for([spec.name for spec in options.template], engine.identity.thresholds,
@@ -144,11 +148,11 @@ def run_job(study_dir: Path, out_dir: Path, engine: Engine, options: JobOptions 
         from workers.report import qa_picture  # matplotlib: only when writing
 
         picture = background.submit(qa_picture, study, structures, layout.report)  # while the DICOM is written
-        written, derived_s = derived.result()
+        (written, derived_s), (sources, sources_s) = derived.result(), seg_sources.result()
         outputs = write_outputs(checked, layout, provenance, mode=options.mode, seg=options.seg, derived=written,
-                                itv_margin_mm=options.itv_margin_mm)
+                                itv_margin_mm=options.itv_margin_mm, seg_sources=sources)
         picture.result()
-        writing_s = time.perf_counter() - start + derived_s
+        writing_s = time.perf_counter() - start + derived_s + sources_s
     finally:
         background.shutdown(wait=True, cancel_futures=True)
     timings = {"reading_s": scanning_s + reading.seconds, "model_s": model_s, "refining_s": refining_s,
