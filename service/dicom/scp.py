@@ -56,6 +56,13 @@ TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExp
 STORAGE_CLASSES = tuple(sorted(READABLE_IMAGE_SOP_CLASSES))
 UNEXPECTED = 0xC001
 REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
+# How long an association's DUL thread sleeps when it finds nothing to do (pynetdicom's default: 1 ms). Every C-STORE
+# waits on it twice (for the request's first PDU, then for our response to be sent), so it bounds the listener even
+# with a handler that does nothing: 512x512 CT images, measured with a no-op handler, ~310 images/s at 1 ms, ~500 at
+# 0.2 ms, ~600 at 0.1 ms on an idle 2-core machine (240-280, 260-345, 310-350 on a loaded one). The price: an idle
+# association's DUL wakes 5,000 times a second (~4 % of a core, measured) until it is released or its
+# ``scp_network_timeout_s`` passes.
+DUL_POLL_S = 0.0002
 
 
 def check_peer(event: evt.Event, peers: tuple[Peer, ...]) -> None:
@@ -66,6 +73,12 @@ def check_peer(event: evt.Event, peers: tuple[Peer, ...]) -> None:
         logger.warning("association refused: calling AE %r from %s is not an allowed peer", calling, address)
         event.assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
         event.assoc.kill()  # as pynetdicom's own rejections: lets the DUL send the A-ASSOCIATE-RJ before closing
+
+
+def tune_connection(event: evt.Event) -> None:
+    """EVT_CONN_OPEN: no Nagle delay, and the DUL's short poll (``DUL_POLL_S``)."""
+    set_nodelay(event)
+    event.assoc.dul._run_loop_delay = DUL_POLL_S  # pynetdicom's own knob (an attribute of its DUL, no setting)
 
 
 def handle_echo(event: evt.Event) -> int:
@@ -191,7 +204,7 @@ def start_listener(settings: ListenerSettings, queue: Queue, store: JobStore | N
     recovered = collector.recover()
     if recovered:
         logger.info("took back %d partly received studies from a previous run", recovered)
-    handlers = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_REQUESTED, check_peer, [settings.scp_peers]),
+    handlers = [(evt.EVT_CONN_OPEN, tune_connection), (evt.EVT_REQUESTED, check_peer, [settings.scp_peers]),
                 (evt.EVT_C_ECHO, handle_echo),
                 (evt.EVT_C_STORE, handle_store, [collector, lambda: disk_problem(store, settings)])]
     ae = make_ae(settings)

@@ -180,6 +180,19 @@ def test_undecodable_dataset_is_refused_and_nothing_is_kept(study, tmp_path):
     assert [p.name for p in incoming_files(settings)] == ["000001.dcm"]
 
 
+def test_the_listeners_associations_poll_their_connection_at_the_short_interval(tmp_path):
+    from service.dicom.scp import DUL_POLL_S
+
+    with running_listener(listener_settings(tmp_path), RecordingQueue()) as listener:
+        assoc = associate(listener.port)
+        try:
+            assert assoc.is_established
+            (served,) = listener.server.active_associations
+            assert served.dul._run_loop_delay == DUL_POLL_S < assoc.dul._run_loop_delay  # pynetdicom's 1 ms
+        finally:
+            assoc.release()
+
+
 def test_instances_the_job_could_not_decode_are_refused_at_c_store(study, tmp_path):
     import struct
 
