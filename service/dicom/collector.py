@@ -127,26 +127,32 @@ class StudyCollector:
         self._studies: dict[str, _Study] = {}  # StudyInstanceUID → study (memory only)
 
     # -- receiving ----------------------------------------------------------------------------------------------------
-    def store_instance(self, data: bytes, calling_ae: str | None) -> InstanceHeader:
-        """Write one Part 10 instance (file meta included), check that it is a readable CT image, and file it under
-        its study. Raises ``InstanceRefused`` (nothing kept) otherwise."""
+    def store_instance(self, parts: tuple[bytes | memoryview, ...], calling_ae: str | None) -> InstanceHeader:
+        """Write one Part 10 instance, given as the pieces that make up its file (the listener: preamble and file
+        meta, then the dataset's bytes as they were received, never joined nor decoded), check that it is a readable
+        CT image (its header read back from the file, ``dicomrt.instances.read_header``, the reader's own), and file
+        it under its study. Raises ``InstanceRefused`` (nothing kept) otherwise."""
         temp = self.partial / secrets.token_hex(12)
         try:
+            digest, size = hashlib.sha256(), 0
             with open(temp, "wb") as out:
-                out.write(data)
+                for part in parts:
+                    out.write(part)
+                    digest.update(part)
+                    size += len(part)
             header = read_header(temp)
             if header is Skip.NOT_CT:
                 raise InstanceRefused(DATASET_MISMATCH, "the dataset is not a CT image")
             if isinstance(header, Skip):
                 raise InstanceRefused(CANNOT_UNDERSTAND, f"the dataset cannot be decoded ({header.value})")
             _check_pixels(header)
-            self._file(header, temp, data, calling_ae)
+            self._file(header, temp, digest.hexdigest(), size, calling_ae)
             return header
         finally:
             temp.unlink(missing_ok=True)
 
-    def _file(self, header: InstanceHeader, temp: Path, data: bytes, calling_ae: str | None) -> None:
-        digest = hashlib.sha256(data).hexdigest()
+    def _file(self, header: InstanceHeader, temp: Path, digest: str, size: int, calling_ae: str | None) -> None:
+        """Move ``temp`` (``size`` bytes, SHA-256 ``digest``) into its study, unless a study limit refuses it."""
         uid = header.study_instance_uid
         with self._lock:
             study = self._studies.get(uid)
@@ -159,7 +165,7 @@ class StudyCollector:
             old = study.files.get(header.sop_instance_uid)
             if old is None and len(study.files) >= self.config.max_files:
                 raise InstanceRefused(OUT_OF_RESOURCES, f"a study may hold at most {self.config.max_files} files")
-            if study.bytes - (old.size if old else 0) + len(data) > self.config.max_study_bytes:
+            if study.bytes - (old.size if old else 0) + size > self.config.max_study_bytes:
                 raise InstanceRefused(OUT_OF_RESOURCES,
                                       f"a study may hold at most {self.config.max_study_bytes} bytes")
             if old is None:
@@ -169,8 +175,8 @@ class StudyCollector:
                 name = old.name
                 study.bytes -= old.size
             os.replace(temp, study.folder / name)
-            study.files[header.sop_instance_uid] = _File(name, digest, len(data))
-            study.bytes += len(data)
+            study.files[header.sop_instance_uid] = _File(name, digest, size)
+            study.bytes += size
             study.version += 1
             study.last_at = self._clock()
             if study.job_id is not None:
@@ -284,8 +290,9 @@ class StudyCollector:
             for path in sorted(folder.glob("*.dcm")):
                 header = read_header(path)
                 if isinstance(header, InstanceHeader):
+                    data = path.read_bytes()
                     with contextlib.suppress(InstanceRefused):
-                        self._file(header, path, path.read_bytes(), None)
+                        self._file(header, path, hashlib.sha256(data).hexdigest(), len(data), None)
             shutil.rmtree(folder, ignore_errors=True)
             recovered += 1
         for path in self.partial.iterdir():

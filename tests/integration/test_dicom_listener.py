@@ -180,6 +180,39 @@ def test_undecodable_dataset_is_refused_and_nothing_is_kept(study, tmp_path):
     assert [p.name for p in incoming_files(settings)] == ["000001.dcm"]
 
 
+def test_a_stored_instance_is_the_sent_dataset_byte_for_byte_under_pynetdicoms_file_meta(study, tmp_path):
+    from pynetdicom.dsutils import create_file_meta, encode_file_meta
+
+    from dicomrt.instances import InstanceHeader, read_header
+
+    source = sorted(study.iterdir())[0]
+    sent = source.read_bytes()
+    meta = pydicom.dcmread(source, stop_before_pixels=True).file_meta
+    settings = listener_settings(tmp_path)
+    with running_listener(settings, RecordingQueue()) as listener:
+        assert _send(listener.port, source) == 0x0000
+    (stored,) = incoming_files(settings)
+    head = b"\0" * 128 + b"DICM" + encode_file_meta(create_file_meta(
+        sop_class_uid=meta.MediaStorageSOPClassUID, sop_instance_uid=meta.MediaStorageSOPInstanceUID,
+        transfer_syntax=meta.TransferSyntaxUID))
+    dataset = sent[132 + 12 + meta.FileMetaInformationGroupLength:]  # after the sender's own file meta
+    assert stored.read_bytes() == head + dataset  # what encoded_dataset() wrote before, without its copies
+    header = read_header(stored)
+    assert isinstance(header, InstanceHeader) and header.sop_instance_uid == meta.MediaStorageSOPInstanceUID
+
+
+def test_a_dataset_that_is_not_a_ct_image_is_refused_as_not_matching_its_sop_class(study, tmp_path):
+    ds = pydicom.dcmread(sorted(study.iterdir())[0])
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage, sent in a CT Image Storage context
+    mr = tmp_path / "send" / "mr.dcm"
+    mr.parent.mkdir()
+    ds.save_as(mr)
+    settings = listener_settings(tmp_path)
+    with running_listener(settings, RecordingQueue()) as listener:
+        assert _send(listener.port, mr) == 0xA900
+    assert incoming_files(settings) == []
+
+
 def test_the_listeners_associations_poll_their_connection_at_the_short_interval(tmp_path):
     from service.dicom.scp import DUL_POLL_S
 

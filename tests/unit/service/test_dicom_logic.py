@@ -11,7 +11,8 @@ import pydicom
 import pytest
 from pydantic import ValidationError
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
 from dicomrt.errors import IncompleteStudyError
 from jobs.manifest import InputInfo, Manifest, new_job_id
@@ -19,6 +20,7 @@ from jobs.store import JobStore
 from service.dicom.collector import OUT_OF_RESOURCES, CollectorConfig, InstanceRefused, StudyCollector
 from service.dicom.delivery import backoff_s, chosen_files, plan_deliveries
 from service.dicom.peers import Destination, allowed, find_destination
+from service.dicom.scp import part10_head
 from service.settings import ListenerSettings
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -134,7 +136,7 @@ class Harness:
 
     def send(self, *instances: str, value: int = 0) -> None:
         for instance in instances:
-            self.collector.store_instance(ct_bytes("1.2.3", instance, value), "CT1")
+            self.collector.store_instance((ct_bytes("1.2.3", instance, value),), "CT1")
 
     def at(self, seconds: float) -> None:
         self.now = seconds
@@ -196,9 +198,29 @@ def test_study_limits_and_non_ct_are_refused_with_their_status(tmp_path):
         h.send("1.2.3.3")
     assert refused.value.status == OUT_OF_RESOURCES
     with pytest.raises(InstanceRefused, match="cannot be decoded") as garbage:
-        h.collector.store_instance(b"not dicom at all" * 20, "CT1")
+        h.collector.store_instance((b"not dicom at all" * 20,), "CT1")
     assert garbage.value.status == 0xC000
     assert list((tmp_path / "incoming" / ".partial").iterdir()) == []
+
+
+def test_an_instance_given_in_pieces_is_stored_and_hashed_as_one_file(tmp_path):
+    h = Harness(tmp_path)
+    data = ct_bytes("1.2.3", "1.2.3.1")
+    h.collector.store_instance((data[:132], memoryview(data)[132:]), "CT1")
+    h.send("1.2.3.2", "1.2.3.3")
+    h.at(2)
+    (stored, *_) = sorted(next(p for p in (tmp_path / "incoming").iterdir() if p.name != ".partial").iterdir())
+    assert stored.read_bytes() == data
+    h.send("1.2.3.1")  # the same bytes in one piece: the same content
+    h.at(4)
+    assert [(a.instances, a.changed) for _, a in h.late] == [(1, False)] and len(h.submitted) == 1
+
+
+def test_part10_head_is_the_file_meta_pynetdicom_writes():
+    for instance in ("1.2.3", "1.2.34", "../../x", "1.2.826.0.1.3680043.8.498." + "1" * 38):  # odd, even, hostile
+        for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless):
+            meta = create_file_meta(sop_class_uid=CT, sop_instance_uid=instance, transfer_syntax=syntax)
+            assert part10_head(CT, instance, syntax) == b"\0" * 128 + b"DICM" + encode_file_meta(meta)
 
 
 def test_studies_are_forgotten_after_keep_s(tmp_path):
