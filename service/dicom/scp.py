@@ -12,6 +12,15 @@ passed in with ``evt_handlers=[(event, handler, [args])]``. Each refusal has its
   is not taken in the first place);
 - the store below its disk watermark, or a study over the size or file limits: 0xA700 (out of resources);
 - a dataset that is not a CT image: 0xA900; one that cannot be decoded: 0xC000; an unexpected error: 0xC001.
+
+Throughput (``bench/bench_scp.py``: 1,200 CT images of 512x512 on one association from dcmtk's ``storescu``, a 2-core
+machine shared with other work, medians of 3 runs): dcmtk's ``storescp`` ~700 images/s (575-1,080); pynetdicom
+answering every C-STORE at once (``pynetdicom_alone``) ~590 (0.72x); this listener ~215 (0.31x; ~180, 0.26x, before
+the short DUL poll and the uncopied write). What each image costs on top of pynetdicom, all of it before the status is
+answered: writing the file to the store (~1.4 ms of CPU on ext4; with that alone, 0.41-0.44x), the reader's header
+check (``read_header``, pydicom's parse and value conversions, ~0.75 ms alone, more under load) and its SHA-256
+(~0.3 ms). dcmtk's ``storescp`` in front would not keep the refusals: it has no calling-AE/address allow-list, and it
+runs ``--exec-on-reception`` after it has answered.
 """
 
 from __future__ import annotations
