@@ -122,3 +122,42 @@ def test_the_reference_rtstruct_holds_the_itv_and_its_hand_computed_expansion(jo
     itv_summary = result.summary()["structures"]["GTV"]["itv"]
     assert itv_summary["expanded"] == {"name": "ITV+5mm", "margin_mm": 5.0,
                                        "volume_ml": round(float(by_hand.sum()) * voxel_ml, 4)}
+
+
+class CountingPredictor(TruthPredictor):
+    """TruthPredictor that records the phases it has been given (each as soon as it is read)."""
+
+    def __init__(self, truth):
+        super().__init__(truth)
+        self.seen = []
+
+    def predict_volumes(self, volumes_hu, prompts, progress=None):
+        for k, volume in enumerate(volumes_hu):
+            slices = np.asarray(volume[:])  # waits until the phase is read; raises when it was refused
+            self.seen.append(k)
+            yield k, self.predict(k, slices, prompts)
+
+
+def test_a_phase_refused_while_the_model_runs_refuses_the_job_and_nothing_is_left_running(tmp_path):
+    """The phases are read in the background while the model segments those already read: a slice of phase 60 %
+    that cannot be read (HU beyond int16) refuses the job with the reader's message once the model reaches it, the
+    phases before it having been segmented, and the job's background thread is gone when ``run_job`` returns."""
+    import threading
+
+    import pydicom
+
+    from dicomrt.errors import ImplausiblePixelDataError
+
+    phantom = generate_phantom(PhantomConfig(seed=3))
+    files = write_phantom(phantom, tmp_path / "study", vendor="desc-t")
+    bad = scan_study(files.dicom_dir).phases[6].instances[10].path
+    ds = pydicom.dcmread(bad)
+    ds.RescaleIntercept = 40000
+    ds.save_as(bad)
+    predictor = CountingPredictor(phantom.truth)
+    identity = ModelIdentity("0" * 64, "1" * 64, label="PHANTOM MODEL: test stub", thresholds=CALIBRATED)
+    options = JobOptions(template=(GTV, LUNG_L, HEART), seg=False)
+    with pytest.raises(ImplausiblePixelDataError, match=r"T=60%.*slice 10 has HU values outside the int16 range"):
+        run_job(files.dicom_dir, tmp_path / "out", Engine(predictor, identity), options)
+    assert predictor.seen == [0, 1, 2, 3, 4, 5]
+    assert not [t for t in threading.enumerate() if t.name.startswith("itvsam-job")]
