@@ -1,8 +1,9 @@
 """Faults against real processes (redis-server, ``itvsam serve``, Celery workers with the tiny SAM 3):
 
-- kill -9 a whole worker (its whole process group: main process and pool) mid-job, with a second worker already
-  idle: the visibility timeout is the production one (two hours), yet the job runs again on the second worker (attempt
-  2) within the lease plus the maintenance interval, and once;
+- kill -9 a whole worker (its whole process group: main process and pool) mid-job (its model slowed, so that the job
+  outlasts the second worker's start), with a second worker already idle: the visibility timeout is the production
+  one (two hours), yet the job runs again on the second worker (attempt 2) within the lease plus the maintenance
+  interval, and once;
 - restart Redis (without persistence: its queue is lost) and the gateway while one job runs and another waits: the
   manifests still hold both, the gateway sends the lost one again, both succeed, each run once;
 - a job that kills its worker process every time fails with ``worker_lost`` after ``max_attempts`` (2) runs;
@@ -82,7 +83,9 @@ def finished(client: httpx.Client, job_id: str, timeout_s: float) -> dict:
 
 def test_kill_9_whole_worker_mid_job_and_the_idle_one_runs_it_within_lease_and_maintenance(stack, inputs, measured):
     client, procs, env = stack["client"], stack["procs"], stack["env"]
-    procs["worker1"] = start_worker(env, stack["tmp"] / "worker1.log")
+    # the first worker's model hands each phase back 2 s late: the job is still running when the second one is up
+    procs["worker1"] = start_worker({**env, "ITVSAM_TEST_FAULT": "slow"}, stack["tmp"] / "worker1.log",
+                                    app="tests.support.service_worker")
     job_id = submit(client, inputs["zip"])
     wait_for("the job to be segmenting", lambda: job(client, job_id)["stage"] == "segmenting", 120)
     procs["worker2"] = start_worker(env, stack["tmp"] / "worker2.log")
