@@ -9,7 +9,7 @@ read and only ``out_dir`` is written:
 ``segmenting``  ``model.segment.predict_phases``: per structure its (phase, z, y, x) uint8 evidence (the probability
                 relative to the structure's threshold, the job's, else the model's calibrated one: the mask is
                 evidence ≥ ``model.refine.EVIDENCE_THRESHOLD``, the weaker response is kept for refilling)
-``refining``    ``model.refine.refine_from_spec`` per structure (phase-coherent temporal filter on a 4DCT,
+``refining``    ``model.refine.refine_from_spec`` per structure, in threads (phase-coherent temporal filter on a 4DCT,
                 connectivity per spec), the ITV (``dicomrt.itv``, with the job's margin), volumes, centroids and motion
 ``writing``     ``dicomrt.outputs.write_derived`` (the AIP/MIP the study lacks, in the background) and
                 ``write_outputs`` (RTSTRUCTs, DICOM SEG), then ``summary.json`` and ``report.png`` from the typed
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,12 +47,13 @@ from dicomrt.provenance import Provenance
 from dicomrt.reader import load_volume, scan_study
 from dicomrt.rt_outputs import check_masks
 from dicomrt.seg import phase_sources
+from dicomrt.structures import StructureSpec
 from dicomrt.study import Phase, SeriesInfo, Study4D, StudyIndex
 from jobs.options import JobOptions
 from model.calibration import thresholds_for
 from model.identity import ModelIdentity
 from model.motion import motion
-from model.refine import refine_from_spec
+from model.refine import EVIDENCE_THRESHOLD, refine_from_spec
 from model.segment import Predictor, predict_phases
 from workers.results import JobResult, StructureResult
 
@@ -238,12 +240,21 @@ def _refine(study: Study4D, options: JobOptions, predicted: dict[str, np.ndarray
     """Per structure of the template: refined masks, motion, and for a structure with an ITV its ITV (and expanded
     ITV with the job's margin)."""
     geometry = study.phases[0].geometry
-    results = []
-    for spec in options.template:
+
+    def one(spec: StructureSpec) -> StructureResult:
         masks = refine_from_spec(spec, predicted[spec.name], geometry, options.temporal)
         itv = build_itv(masks.refined, geometry) if spec.itv else None
         expanded = build_itv(masks.refined, geometry, options.itv_margin_mm) \
             if spec.itv and options.has_margin else None
-        results.append(StructureResult(spec, thresholds[spec.name], masks, motion(masks.refined, geometry), itv,
-                                       expanded))
-    return tuple(results)
+        return StructureResult(spec, thresholds[spec.name], masks, motion(masks.refined, geometry), itv, expanded)
+
+    # one thread per core: scipy's labelling and numpy release the GIL for most of the work (the full-size
+    # phantom's four structures: 4.1-5.2 s in turn, 2.4-2.9 s on 2 cores); the largest first (by a sample of the
+    # first phase's mask), as the largest takes longest
+    def size(spec: StructureSpec) -> int:
+        return -int(np.count_nonzero(predicted[spec.name][0, ::8] >= EVIDENCE_THRESHOLD))
+
+    with ThreadPoolExecutor(max_workers=min(len(options.template), os.cpu_count() or 1),
+                            thread_name_prefix="itvsam-refine") as pool:
+        done = {spec.name: pool.submit(one, spec) for spec in sorted(options.template, key=size)}
+        return tuple(done[spec.name].result() for spec in options.template)
