@@ -22,9 +22,10 @@ written (``write_outputs`` writes those two in parallel too). On a GPU the model
 device, so this work is off the job's critical path; on CPU the model has the cores and it only overlaps. Threads,
 not processes: a Celery prefork pool process is daemonic and may not start processes of its own (and a process of
 a job killed for its time limit must not outlive it, writing into the folder its retry uses).
-``timings`` in ``summary.json``: each stage's own seconds (``reading_s``, ``model_s``,
-``refining_s``, ``writing_s``; background work counted in its stage), their sum ``total_s``, the job's ``wall_s``
-and the ``overlap_s`` the background saved (``total_s - wall_s``).
+
+``timings`` in ``summary.json``: each stage's own seconds (``reading_s``, ``model_s``, ``refining_s``, ``writing_s``;
+background work counted in its stage), their sum ``total_s``, the job's ``wall_s`` and the ``overlap_s`` the
+background saved (``total_s - wall_s``).
 """
 
 from __future__ import annotations
