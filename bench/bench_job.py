@@ -1,14 +1,16 @@
 """Benchmark: one whole job (``workers.pipeline.run_job``) on a full-size phantom 4DCT, stage by stage.
 
 Two runs, each in a fresh process (so its peak RSS is its own), on the phantom of ``--seed`` (10 phases of 120 × 512²
-at ``--size full``) written once into ``--work``:
+at ``--size full``) written once into ``--work`` (a study already there is reused, as is the recording with
+``--skip-cpu``):
 
 ``cpu``     the phantom model (``--model``) on this machine's CPU, as ``itvsam run`` would run it; its per-phase
             output is recorded (the uint8 evidence the pipeline makes of it) into ``--work``.
 ``gpu-like`` the same job with the model replaced by that recording, handed out at the pace of a GPU (``--gpu-s``
-            seconds for the whole study, ~20 s on one H200 by SAM 3's ~30 ms per image, spread over the slices and
-            slept, so the CPU is free as it is while a GPU computes): every stage but the model is the real one, on
-            the same masks, and the job's wall time against the model's shows what the CPU adds to it.
+            seconds for the whole study: ~20 s on one H200, SAM 3's ~30 ms per image bettered by batching in bf16;
+            spread over the slices and slept, so the CPU is free as it is while a GPU computes): every stage but
+            the model is the real one, on the same masks, and the job's wall time against the model's shows what
+            the CPU adds to it.
 
 Prints per run the stage table (``summary.json``'s timings: each stage's own seconds, work done in the background
 while the model runs counted in its stage), the wall time of ``run_job``, the overlap (the sum of the stages minus
