@@ -26,7 +26,6 @@ grid (``MaskPolygons.place``), so the RTSTRUCTs of one job share the tracing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import pairwise
 
 import numpy as np
 from scipy.sparse import csr_array
@@ -52,14 +51,6 @@ def _edge_table(end: int) -> np.ndarray:
 
 
 _FROM, _TO = _edge_table(0), _edge_table(1)
-
-
-@dataclass(frozen=True, eq=False)
-class SliceContour:
-    """One closed planar polygon: ``slice_index`` (z index on the grid) and ``points`` (N, 3) LPS mm, N >= 3."""
-
-    slice_index: int
-    points: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -168,23 +159,3 @@ def _without_collinear(points: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarr
     after = points[np.where(index == end, begin, index + 1)] - points
     keep = before[:, 0] * after[:, 1] != before[:, 1] * after[:, 0]
     return points[keep], np.concatenate([[0], np.cumsum(np.bincount(polygon[keep], minlength=len(sizes)))])
-
-
-def slice_polygons(mask: np.ndarray) -> list[np.ndarray]:
-    """Polygons of one slice: ``mask`` (y, x) bool → list of (N, 2) float64 ``(y, x)`` fractional voxel indices."""
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise MaskShapeError(f"a slice mask must be 2D (y, x), got shape {mask.shape}")
-    traced = MaskPolygons.trace(mask[None])
-    return [traced.points[a:b] for a, b in pairwise(traced.bounds.tolist())]
-
-
-def mask_contours(mask: np.ndarray, geometry: Geometry) -> list[SliceContour]:
-    """Polygons of a (z, y, x) bool mask on ``geometry``, slice by slice in z order, in patient LPS mm."""
-    mask = np.asarray(mask)
-    if mask.shape != geometry.shape:
-        raise MaskShapeError(f"mask shape (z, y, x) must be {geometry.shape} (the series grid), got {mask.shape}")
-    polygons = MaskPolygons.trace(mask)
-    lps = polygons.place(geometry)
-    spans = pairwise(polygons.bounds.tolist())
-    return [SliceContour(k, lps[a:b]) for k, (a, b) in zip(polygons.slice_indices.tolist(), spans, strict=True)]

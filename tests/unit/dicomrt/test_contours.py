@@ -3,15 +3,23 @@ vectorised tracing gives exactly scikit-image's ``find_contours`` polygons (orde
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 from scipy import ndimage
 from skimage.measure import find_contours
 
-from dicomrt.contours import MaskPolygons, mask_contours, slice_polygons
+from dicomrt.contours import MaskPolygons
 from dicomrt.geometry import Geometry
 from dicomrt.raster import rasterise_contours, rasterise_polygons
 from dicomrt.rt_errors import ContourError, MaskShapeError
+
+
+def slice_polygons(mask: np.ndarray) -> list[np.ndarray]:
+    """One (y, x) slice's polygons, (N, 2) (y, x) fractional voxel indices each: a one-slice volume traced."""
+    traced = MaskPolygons.trace(mask[None])
+    return [traced.points[a:b] for a, b in pairwise(traced.bounds.tolist())]
 
 
 def round_trip(mask: np.ndarray) -> np.ndarray:
@@ -125,11 +133,14 @@ def test_contours_in_patient_mm_round_trip_through_the_affine():
     geometry = oblique_geometry()
     rng = np.random.default_rng(0)
     mask = ndimage.binary_opening(rng.random(geometry.shape) < 0.6)
-    contours = mask_contours(mask, geometry)
-    for contour in contours:
-        assert contour.points.shape[1] == 3
-        np.testing.assert_allclose(contour.points[:, 2], -300 + 2.5 * contour.slice_index)
-    back, skipped = rasterise_contours([c.points for c in contours], geometry)
+    traced = MaskPolygons.trace(mask)
+    lps = traced.place(geometry)
+    contours = [(k, lps[a:b]) for k, (a, b) in zip(traced.slice_indices.tolist(), pairwise(traced.bounds.tolist()),
+                                                   strict=True)]
+    for k, points in contours:
+        assert points.shape[1] == 3
+        np.testing.assert_allclose(points[:, 2], -300 + 2.5 * k)
+    back, skipped = rasterise_contours([points for _, points in contours], geometry)
     assert skipped == 0
     np.testing.assert_array_equal(back, mask)
 
@@ -143,10 +154,8 @@ def test_contours_off_the_grid_are_counted_not_drawn():
 
 def test_refusals():
     geometry = oblique_geometry()
-    with pytest.raises(MaskShapeError, match=r"must be \(4, 20, 24\).*got \(4, 20, 23\)"):
-        mask_contours(np.zeros((4, 20, 23), bool), geometry)
     with pytest.raises(MaskShapeError, match="boolean"):
-        mask_contours(np.zeros((4, 20, 24), np.uint8), geometry)
+        MaskPolygons.trace(np.zeros((4, 20, 24), np.uint8))
     with pytest.raises(MaskShapeError, match=r"must be 3D \(z, y, x\), got shape \(20, 24\)"):
         MaskPolygons.trace(np.zeros((20, 24), bool))
     with pytest.raises(MaskShapeError, match=r"must be \(4, 20, 24\).*got \(4, 20, 23\)"):
